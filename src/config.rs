@@ -1,0 +1,349 @@
+//! The node's configuration: the TOML file, its defaults and its validation.
+//!
+//! The embedded default ([`DEFAULT_CONFIG`]) is `config/lanmirror.toml`, byte for byte, so the
+//! documented file and the behaviour of `lanmirror serve` without `--config` cannot drift apart.
+//! This module only reads and checks; it opens no sockets and creates no directories.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The documented default configuration, embedded in the binary.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/lanmirror.toml");
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin} is not valid: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+    #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default, rename = "repo")]
+    pub repos: Vec<RepoConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where blobs, partial downloads and the index live. Unset: see [`default_data_dir`].
+    pub data_dir: Option<PathBuf>,
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    #[serde(default = "default_quic_listen")]
+    pub quic_listen: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            http_listen: default_http_listen(),
+            quic_listen: default_quic_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(default = "yes")]
+    pub mdns: bool,
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            mdns: true,
+            peers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// How long a checked repomd.xml (and other mutable file) is served without asking upstream.
+    #[serde(default = "default_freshness")]
+    pub freshness_secs: u64,
+    /// How long files of a replaced metadata snapshot stay listed as servable.
+    #[serde(default = "default_retention")]
+    pub old_snapshot_retention_secs: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            freshness_secs: default_freshness(),
+            old_snapshot_retention_secs: default_retention(),
+        }
+    }
+}
+
+impl MetadataConfig {
+    pub fn freshness(&self) -> Duration {
+        Duration::from_secs(self.freshness_secs)
+    }
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.old_snapshot_retention_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Longest silence while reading a response before the transfer counts as failed.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_secs: u64,
+    /// Extra attempts per mirror after the first one fails (with backoff).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: default_connect_timeout(),
+            read_timeout_secs: default_read_timeout(),
+            retries: default_retries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// One upstream repository tree, served under `/{name}/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub name: String,
+    /// Upstream base URLs, tried in order.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Optional mirrorlist URLs (plain text, one base URL per line), tried after `urls`.
+    #[serde(default)]
+    pub mirrorlists: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7700))
+}
+fn default_quic_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7701))
+}
+fn default_freshness() -> u64 {
+    300
+}
+fn default_retention() -> u64 {
+    3 * 24 * 3600
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_read_timeout() -> u64 {
+    30
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_max_connections() -> usize {
+    1024
+}
+
+impl Config {
+    /// Parses and validates `text`; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(e),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Reads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse(DEFAULT_CONFIG, "(embedded default)"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        if self.repos.is_empty() {
+            return Err(invalid(
+                "no [[repo]] is configured: nothing to serve".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.repos {
+            let name_ok = !r.name.is_empty()
+                && r.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                && r.name != "."
+                && r.name != ".."
+                && r.name != "api"
+                && r.name != "metrics";
+            if !name_ok {
+                return Err(invalid(format!(
+                    "repo name {:?} must be letters, digits, '-', '_' or '.', and not 'api' or 'metrics'",
+                    r.name
+                )));
+            }
+            if !seen.insert(r.name.as_str()) {
+                return Err(invalid(format!("repo {:?} is configured twice", r.name)));
+            }
+            if r.urls.is_empty() && r.mirrorlists.is_empty() {
+                return Err(invalid(format!(
+                    "repo {:?} has neither urls nor mirrorlists",
+                    r.name
+                )));
+            }
+            for u in r.urls.iter().chain(&r.mirrorlists) {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(invalid(format!(
+                        "repo {:?}: {u:?} is not an http:// or https:// URL",
+                        r.name
+                    )));
+                }
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections must be at least 1".into()));
+        }
+        if self.upstream.connect_timeout_secs == 0 || self.upstream.read_timeout_secs == 0 {
+            return Err(invalid(
+                "upstream timeouts must be at least 1 second".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The data directory in use: the configured one, else [`default_data_dir`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.node.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
+    pub fn repo(&self, name: &str) -> Option<&RepoConfig> {
+        self.repos.iter().find(|r| r.name == name)
+    }
+}
+
+/// `/var/lib/lanmirror` for root; for anyone else `$XDG_DATA_HOME/lanmirror`, or
+/// `~/.local/share/lanmirror`, or `./lanmirror-data` when even `$HOME` is unknown.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return PathBuf::from("/var/lib/lanmirror");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("lanmirror");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/lanmirror");
+    }
+    PathBuf::from("lanmirror-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_names_almalinux_and_epel() {
+        let c = Config::load(None).unwrap();
+        assert!(c.repo("almalinux").is_some());
+        assert!(c.repo("epel").is_some());
+        assert_eq!(c.node.http_listen.port(), 7700);
+        assert_eq!(
+            c.node.data_dir, None,
+            "data dir follows the user by default"
+        );
+    }
+
+    #[test]
+    fn embedded_default_matches_the_documented_file() {
+        let on_disk = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/lanmirror.toml"
+        ))
+        .unwrap();
+        assert_eq!(on_disk, DEFAULT_CONFIG);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = Config::parse("[[repo]]\nname='a/b'\nurls=['http://x/']", "t").unwrap_err();
+        assert!(e.to_string().contains("repo name"), "{e}");
+        let e = Config::parse("[[repo]]\nname='a'\nurls=['ftp://x/']", "t").unwrap_err();
+        assert!(e.to_string().contains("not an http"), "{e}");
+        let e = Config::parse("[node]\nhttp_listen='nope'", "t").unwrap_err();
+        assert!(e.to_string().contains("http_listen"), "{e}");
+        let e = Config::parse(
+            "[node]\ntypo=1\n[[repo]]\nname='a'\nurls=['http://x/']",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("typo"), "{e}");
+        let e = Config::parse("", "t").unwrap_err();
+        assert!(e.to_string().contains("no [[repo]]"), "{e}");
+    }
+}

@@ -1,0 +1,581 @@
+//! The miss path: one upstream transfer per item however many clients ask (single-flight),
+//! streamed to every one of them as bytes arrive, verified at the end, then published.
+//!
+//! A transfer writes into `partial/<key hash>.part` (with a `.meta` sidecar holding the
+//! upstream validators), hashing as it goes. Readers follow the growing file, so memory does not
+//! grow with file size or client count. A broken connection resumes with `Range` + `If-Range`,
+//! also after a restart of the process; a 200 answer to a Range request restarts from zero.
+//! At the end the size and the metadata checksum (when metadata names the file) are checked and
+//! the file is installed as a blob; if a check fails nothing is stored and readers get an error
+//! (so their connection is aborted, never ended cleanly). Transfers run as their own tasks: a
+//! client that goes away does not cancel them.
+//!
+//! Not here: deciding whether a request is a hit (the `http` and `snapshot` modules), parsing
+//! metadata, or choosing mirrors (the `upstream` module).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::hash::{self, BlobId, MultiHasher};
+use crate::paths::RepoPath;
+use crate::stats::Stats;
+use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
+use crate::upstream::{self, Ask, Opened, Upstream, UpstreamError};
+
+/// Size of the pieces readers take from a growing file.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Something to fetch.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub repo: String,
+    pub path: RepoPath,
+    /// What repository metadata says the file is, when it says.
+    pub expected: Option<Expected>,
+    /// Record a path row when done. False for repomd.xml and its companions, which only a
+    /// complete metadata snapshot publishes.
+    pub publish: bool,
+    /// `(etag, last_modified)` of a stored copy: ask upstream conditionally.
+    pub revalidate: Option<(Option<String>, Option<String>)>,
+}
+
+impl Item {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.repo, self.path)
+    }
+}
+
+/// A finished, stored transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub blob: BlobId,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("verification failed: {0}")]
+    Verify(String),
+    #[error("{0}")]
+    Store(String),
+    #[error("transfer broke off and could not be resumed: {0}")]
+    Interrupted(String),
+}
+
+impl FetchError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FetchError::Upstream(e) if e.is_not_found())
+    }
+}
+
+impl From<StoreError> for FetchError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            FetchError::Store(format!(
+                "disk full ({e}): free space in the data directory; nothing was stored"
+            ))
+        } else {
+            FetchError::Store(e.to_string())
+        }
+    }
+}
+
+/// Where a transfer is.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    Connecting,
+    Streaming { total: Option<u64>, written: u64 },
+    NotModified,
+    Done(Done),
+    Failed(FetchError),
+}
+
+/// A transfer in flight; readers subscribe to its progress.
+pub struct Transfer {
+    pub key: String,
+    part: PathBuf,
+    rx: watch::Receiver<Phase>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PartMeta {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// Outcome of awaiting a transfer to its end.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    Stored(Done),
+    NotModified,
+}
+
+pub struct Fetcher {
+    store: Store,
+    upstream: Arc<Upstream>,
+    stats: Arc<Stats>,
+    retries: u32,
+    inflight: Mutex<HashMap<String, Arc<Transfer>>>,
+}
+
+impl Fetcher {
+    pub fn new(
+        store: Store,
+        upstream: Arc<Upstream>,
+        stats: Arc<Stats>,
+        retries: u32,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            upstream,
+            stats,
+            retries,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Joins the transfer of `item` if one runs, else starts one.
+    pub fn start(self: &Arc<Self>, item: Item) -> Arc<Transfer> {
+        let key = item.key();
+        let Ok(mut map) = self.inflight.lock() else {
+            // A poisoned map only means a panic elsewhere; run unshared rather than fail.
+            return self.spawn(item, key);
+        };
+        if let Some(t) = map.get(&key) {
+            return t.clone();
+        }
+        let t = self.spawn(item, key.clone());
+        map.insert(key, t.clone());
+        t
+    }
+
+    fn spawn(self: &Arc<Self>, item: Item, key: String) -> Arc<Transfer> {
+        let name = hash::hex(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
+        let part = self.store.partial_dir().join(format!("{name}.part"));
+        let (tx, rx) = watch::channel(Phase::Connecting);
+        let t = Arc::new(Transfer {
+            key: key.clone(),
+            part: part.clone(),
+            rx,
+        });
+        Stats::inc(&self.stats.misses);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = me.run(&item, &part, &tx).await;
+            if let Ok(mut m) = me.inflight.lock() {
+                m.remove(&key);
+            }
+            let phase = match result {
+                Ok(Finished::Stored(d)) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    tracing::info!(repo = %item.repo, path = %item.path, bytes = d.size,
+                        secs = format!("{secs:.2}"),
+                        mib_per_sec = format!("{:.1}", d.size as f64 / 1048576.0 / secs.max(1e-6)),
+                        "fetched from upstream, verified and stored");
+                    Phase::Done(d)
+                }
+                Ok(Finished::NotModified) => Phase::NotModified,
+                Err(e) => {
+                    if !e.is_not_found() {
+                        Stats::inc(&me.stats.upstream_errors);
+                        tracing::warn!(repo = %item.repo, path = %item.path, error = %e, "fetch failed; clients of this transfer got an error");
+                    }
+                    Phase::Failed(e)
+                }
+            };
+            tx.send_replace(phase);
+        });
+        t
+    }
+
+    /// Fetches `item` (joining a running transfer) and waits for the end.
+    pub async fn fetch(self: &Arc<Self>, item: Item) -> Result<Finished, FetchError> {
+        let t = self.start(item);
+        t.wait().await
+    }
+
+    async fn run(
+        &self,
+        item: &Item,
+        part: &PathBuf,
+        tx: &watch::Sender<Phase>,
+    ) -> Result<Finished, FetchError> {
+        let meta_path = part.with_extension("meta");
+        let also = item.expected.as_ref().map(|e| e.checksum.algo);
+        let io_err = |e: io::Error| {
+            FetchError::from(StoreError::Io {
+                path: part.clone(),
+                source: e,
+            })
+        };
+
+        // Resume what an earlier attempt (or an earlier run of the process) left behind.
+        let mut meta: PartMeta = match (item.revalidate.is_none(), std::fs::read(&meta_path)) {
+            (true, Ok(b)) => serde_json::from_slice(&b).unwrap_or_default(),
+            _ => PartMeta::default(),
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(part)
+            .await
+            .map_err(io_err)?;
+        let mut written = if meta.etag.is_some() || meta.last_modified.is_some() {
+            file.metadata().await.map_err(io_err)?.len()
+        } else {
+            0
+        };
+        let mut hasher = if written > 0 {
+            let p = part.clone();
+            let h = tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&p).and_then(|f| hash::hash_reader(f.take(written), also))
+            })
+            .await
+            .map_err(|e| FetchError::Store(e.to_string()))?
+            .map_err(io_err)?;
+            tracing::info!(repo = %item.repo, path = %item.path, bytes = written, "resuming a partial download");
+            h
+        } else {
+            file.set_len(0).await.map_err(io_err)?;
+            MultiHasher::new(also)
+        };
+        file.seek(io::SeekFrom::Start(written))
+            .await
+            .map_err(io_err)?;
+        let resumed_from_disk = written > 0;
+        let mut failures_without_progress = 0u32;
+
+        let (etag, last_modified) = loop {
+            let ask = Ask {
+                from: written,
+                if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
+                if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
+                if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
+            };
+            let body = match self.upstream.open(&item.repo, &item.path, &ask).await {
+                Ok(Opened::NotModified) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(part);
+                    return Ok(Finished::NotModified);
+                }
+                Ok(Opened::Body(b)) => b,
+                Err(e) => {
+                    if written == 0 {
+                        drop(file);
+                        let _ = std::fs::remove_file(part);
+                    }
+                    return Err(e.into());
+                }
+            };
+            if !body.resumed && written > 0 {
+                tracing::info!(repo = %item.repo, path = %item.path, "upstream sent the whole file instead of the rest; restarting from zero");
+                file.set_len(0).await.map_err(io_err)?;
+                file.seek(io::SeekFrom::Start(0)).await.map_err(io_err)?;
+                written = 0;
+                hasher = MultiHasher::new(also);
+            }
+            meta = PartMeta {
+                etag: body.etag.clone(),
+                last_modified: body.last_modified.clone(),
+            };
+            if let Ok(b) = serde_json::to_vec(&meta) {
+                let _ = tokio::fs::write(&meta_path, b).await;
+            }
+            let want_size = item.expected.as_ref().and_then(|e| e.size);
+            if let (Some(w), Some(t)) = (want_size, body.total)
+                && w != t
+            {
+                self.discard(part, &meta_path);
+                return Err(FetchError::Verify(format!(
+                    "upstream {} says {t} bytes, metadata says {w}",
+                    body.url
+                )));
+            }
+            let total = want_size.or(body.total);
+            tx.send_replace(Phase::Streaming { total, written });
+
+            let progress_before = written;
+            let mut broke = None;
+            let mut stream = body.response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        broke = Some(upstream::error_chain(&e));
+                        break;
+                    }
+                };
+                if written == 0 && !upstream::first_bytes_plausible(&item.path, &chunk) {
+                    self.discard(part, &meta_path);
+                    tracing::warn!(url = %body.url, "upstream sent an HTML page instead of the file (captive portal?); not stored");
+                    return Err(UpstreamError::Html.into());
+                }
+                if let Some(t) = total
+                    && written + chunk.len() as u64 > t
+                {
+                    self.discard(part, &meta_path);
+                    return Err(FetchError::Verify(format!(
+                        "upstream {} sent more than the {t} bytes expected",
+                        body.url
+                    )));
+                }
+                file.write_all(&chunk).await.map_err(|e| {
+                    self.discard(part, &meta_path);
+                    io_err(e)
+                })?;
+                hasher.update(&chunk);
+                written += chunk.len() as u64;
+                Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                tx.send_modify(|p| {
+                    if let Phase::Streaming { written: w, .. } = p {
+                        *w = written;
+                    }
+                });
+            }
+            file.flush().await.map_err(io_err)?;
+            if broke.is_none()
+                && let Some(t) = total
+                && written < t
+            {
+                broke = Some(format!("body ended after {written} of {t} bytes"));
+            }
+            match broke {
+                None => break (body.etag, body.last_modified),
+                Some(why) => {
+                    if written > progress_before {
+                        failures_without_progress = 0;
+                    } else {
+                        failures_without_progress += 1;
+                    }
+                    if failures_without_progress > self.retries {
+                        // Keep the partial file: the next request resumes it.
+                        return Err(FetchError::Interrupted(why));
+                    }
+                    tracing::info!(repo = %item.repo, path = %item.path, at = written, reason = %why, "transfer broke off; resuming");
+                    if meta.etag.is_none() && meta.last_modified.is_none() {
+                        // Nothing to validate a resume with: start over.
+                        file.set_len(0).await.map_err(io_err)?;
+                        file.seek(io::SeekFrom::Start(0)).await.map_err(io_err)?;
+                        written = 0;
+                        hasher = MultiHasher::new(also);
+                    }
+                }
+            }
+        };
+
+        let digests = std::mem::replace(&mut hasher, MultiHasher::new(None)).finish();
+        if let Some(exp) = &item.expected {
+            let size_ok = exp.size.is_none_or(|s| s == digests.len);
+            let sum_ok = digests.matches(&exp.checksum) != Some(false);
+            if !size_ok || !sum_ok {
+                self.discard(part, &meta_path);
+                Stats::inc(&self.stats.verify_failures);
+                let what = format!(
+                    "{} is {} bytes with {} {}, metadata says {} bytes with {}",
+                    item.path,
+                    digests.len,
+                    exp.checksum.algo.name(),
+                    digests
+                        .get(exp.checksum.algo)
+                        .map(|c| c.to_hex())
+                        .unwrap_or_default(),
+                    exp.size.map_or("?".into(), |s| s.to_string()),
+                    exp.checksum.to_hex()
+                );
+                if resumed_from_disk {
+                    // The old partial file may have been bad; one clean try from zero (the
+                    // partial file is gone now, so the retry cannot resume again).
+                    tracing::warn!(repo = %item.repo, "resumed download failed verification ({what}); retrying from zero");
+                    return Box::pin(self.run(item, part, tx)).await;
+                }
+                return Err(FetchError::Verify(what));
+            }
+        }
+
+        let std_file = file.into_std().await;
+        let store = self.store.clone();
+        let (p, d) = (part.clone(), digests.clone());
+        tokio::task::spawn_blocking(move || store.install_blob(&std_file, &p, &d))
+            .await
+            .map_err(|e| FetchError::Store(e.to_string()))?
+            .inspect_err(|_| self.discard(part, &meta_path))?;
+        let _ = std::fs::remove_file(&meta_path);
+        let now = now_secs();
+        let mut batch = Batch::new();
+        batch.put_blob(BlobMeta::from_digests(&digests, now));
+        if item.publish {
+            batch.set_path(
+                item.key(),
+                PathEntry {
+                    blob: digests.blake3,
+                    checked_at: now,
+                    etag: etag.clone(),
+                    last_modified: last_modified.clone(),
+                },
+            );
+        }
+        self.store.commit(batch).await?;
+        Ok(Finished::Stored(Done {
+            blob: digests.blake3,
+            size: digests.len,
+            etag,
+            last_modified,
+        }))
+    }
+
+    fn discard(&self, part: &PathBuf, meta: &PathBuf) {
+        let _ = std::fs::remove_file(part);
+        let _ = std::fs::remove_file(meta);
+    }
+}
+
+impl Transfer {
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.rx.clone()
+    }
+
+    /// Waits until the transfer has answered headers: the phase is anything but Connecting.
+    pub async fn started(&self) -> Phase {
+        let mut rx = self.rx.clone();
+        loop {
+            let p = rx.borrow_and_update().clone();
+            if !matches!(p, Phase::Connecting) {
+                return p;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
+    }
+
+    /// Waits for the end of the transfer.
+    pub async fn wait(&self) -> Result<Finished, FetchError> {
+        let mut rx = self.rx.clone();
+        loop {
+            match rx.borrow_and_update().clone() {
+                Phase::Done(d) => return Ok(Finished::Stored(d)),
+                Phase::NotModified => return Ok(Finished::NotModified),
+                Phase::Failed(e) => return Err(e),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(FetchError::Interrupted("transfer task ended".into()));
+            }
+        }
+    }
+
+    /// The file's bytes as they arrive, from the start. Ends cleanly only once the transfer is
+    /// verified and stored; yields an error if it fails, so the HTTP layer aborts the response.
+    pub fn reader(
+        self: Arc<Self>,
+        store: Store,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+        struct St {
+            t: Arc<Transfer>,
+            store: Store,
+            rx: watch::Receiver<Phase>,
+            file: Option<Arc<std::fs::File>>,
+            offset: u64,
+        }
+        let rx = self.rx.clone();
+        let st = St {
+            t: self,
+            store,
+            rx,
+            file: None,
+            offset: 0,
+        };
+        futures_util::stream::unfold(Some(st), |st| async move {
+            let mut st = st?;
+            loop {
+                let phase = st.rx.borrow_and_update().clone();
+                let avail = match &phase {
+                    Phase::Streaming { written, .. } => Some(*written),
+                    Phase::Done(d) => Some(d.size),
+                    Phase::Failed(e) => {
+                        return Some((Err(io::Error::other(e.to_string())), None));
+                    }
+                    Phase::NotModified => return None,
+                    Phase::Connecting => None,
+                };
+                if let Some(avail) = avail
+                    && st.offset < avail
+                {
+                    if st.file.is_none() {
+                        // The part file, or the blob it became if the transfer already finished.
+                        let f = match std::fs::File::open(&st.t.part) {
+                            Ok(f) if !matches!(phase, Phase::Done(_)) => Ok(f),
+                            _ => match &phase {
+                                Phase::Done(d) => std::fs::File::open(st.store.blob_path(&d.blob)),
+                                _ => std::fs::File::open(&st.t.part),
+                            },
+                        };
+                        match f {
+                            Ok(f) => st.file = Some(Arc::new(f)),
+                            Err(e) => return Some((Err(e), None)),
+                        }
+                    }
+                    let f = st.file.clone()?;
+                    let (off, want) = (
+                        st.offset,
+                        (avail - st.offset).min(READ_CHUNK as u64) as usize,
+                    );
+                    let r = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; want];
+                        let n = f.read_at(&mut buf, off)?;
+                        buf.truncate(n);
+                        Ok::<_, io::Error>(buf)
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(buf)) if !buf.is_empty() => {
+                            st.offset += buf.len() as u64;
+                            return Some((Ok(Bytes::from(buf)), Some(st)));
+                        }
+                        Ok(Ok(_)) => {} // raced a restart from zero: wait for bytes
+                        Ok(Err(e)) => return Some((Err(e), None)),
+                        Err(e) => return Some((Err(io::Error::other(e)), None)),
+                    }
+                } else if matches!(phase, Phase::Done(_)) {
+                    return None;
+                }
+                if st.rx.changed().await.is_err() {
+                    let final_phase = st.rx.borrow().clone();
+                    if !matches!(final_phase, Phase::Done(_)) {
+                        return Some((
+                            Err(io::Error::other("transfer ended without a result")),
+                            None,
+                        ));
+                    }
+                }
+            }
+        })
+    }
+}
+
+use std::io::Read as _;

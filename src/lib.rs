@@ -1,0 +1,18 @@
+//! lanmirror: a verified, crash-safe cache of RPM repositories for sites with one poor uplink.
+//!
+//! See ARCHITECTURE.md for the map; each module's own docs say what it is for and what it
+//! deliberately leaves to others.
+
+pub mod config;
+pub mod fetch;
+pub mod hash;
+pub mod http;
+pub mod node;
+pub mod paths;
+pub mod range;
+pub mod repodata;
+pub mod respond;
+pub mod snapshot;
+pub mod stats;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,179 @@
+//! The `lanmirror` command line: parses arguments, sets up logging, and calls the library.
+//! Errors become exit codes here and nowhere else: 0 ok, 1 failure, 2 verify found bad blobs,
+//! 3 the store is in use by a running node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use lanmirror::config::Config;
+use lanmirror::node::Node;
+use lanmirror::store::{Store, StoreError};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A verified, peer-assisted cache of RPM repositories for sites with one poor uplink"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node (without --config: the embedded default, AlmaLinux and EPEL).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Re-hash every stored blob; remove bad ones; exit 2 if anything was bad.
+    Verify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the status of the node running with this config (its /api/status).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanmirror: {e:#}");
+            if e.chain().any(|c| {
+                c.downcast_ref::<StoreError>()
+                    .is_some_and(|s| matches!(s, StoreError::Db(redb::Error::DatabaseAlreadyOpen)))
+            }) {
+                eprintln!(
+                    "lanmirror: the store is in use by a running node: stop it first, then run this again"
+                );
+                return ExitCode::from(3);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(config.map(|p| p.as_path()))?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // One TLS provider for the whole process (reqwest and, later, quinn).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.cmd {
+        Cmd::Serve { config } => {
+            let cfg = load(config.as_ref())?;
+            if config.is_none() {
+                tracing::info!(
+                    "no --config given: using the embedded default (config/lanmirror.toml)"
+                );
+            }
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async {
+                let node = Node::open(cfg)?;
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("stopping: finishing the index writes, partial downloads are kept for resume");
+                    let _ = tx.send(true);
+                });
+                node.run(rx).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { config } => {
+            let cfg = load(config.as_ref())?;
+            let dir = cfg.data_dir();
+            let (store, _) = Store::open(&dir)
+                .with_context(|| format!("opening the store in {}", dir.display()))?;
+            eprintln!("verifying every blob in {} …", dir.display());
+            let report = store
+                .verify(|i, n| {
+                    if i > 0 && i % 1000 == 0 {
+                        eprintln!("  {i}/{n}");
+                    }
+                })
+                .context("verifying the store")?;
+            for (blob, why) in &report.bad {
+                println!("BAD {blob}: {why} (removed; it will be fetched again when asked for)");
+            }
+            println!(
+                "checked {} blobs, {} bytes: {} bad, {} paths dropped",
+                report.checked,
+                report.bytes,
+                report.bad.len(),
+                report.paths_dropped
+            );
+            Ok(if report.bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Status { config } => {
+            let cfg = load(config.as_ref())?;
+            let mut addr = cfg.node.http_listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let body = http_get_status(addr)
+                .with_context(|| format!("asking the node at {addr} (is it running?)"))?;
+            println!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A minimal blocking GET of /api/status, so `status` needs no HTTP client stack.
+fn http_get_status(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /api/status HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed answer")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "node answered: {}",
+        head.lines().next().unwrap_or("")
+    );
+    let v: serde_json::Value = serde_json::from_str(body).context("status is not JSON")?;
+    Ok(serde_json::to_string_pretty(&v)?)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! One running node wired together: store, upstream client, fetcher, metadata snapshots,
+//! counters and the HTTP server, plus the status report they feed.
+//!
+//! `main.rs` only parses the command line and calls in here. This module holds no policy of
+//! its own: it builds the parts, runs start-up recovery, and starts the background chores
+//! (flushing last-access times).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::fetch::Fetcher;
+use crate::snapshot::{Snapshots, needs_check};
+use crate::stats::Stats;
+use crate::store::{Store, StoreError, now_secs};
+use crate::upstream::Upstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: String, source: StoreError },
+    #[error("cannot build the upstream HTTPS client: {0}")]
+    Client(String),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Node {
+    pub cfg: Config,
+    pub store: Store,
+    pub fetcher: Arc<Fetcher>,
+    pub snapshots: Arc<Snapshots>,
+    pub stats: Arc<Stats>,
+    pub started: Instant,
+}
+
+impl Node {
+    /// Opens the store (running recovery) and builds the parts; binds nothing yet.
+    pub fn open(cfg: Config) -> Result<Arc<Self>, NodeError> {
+        let dir = cfg.data_dir();
+        let (store, rec) = Store::open(&dir).map_err(|source| NodeError::Store {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        if rec.temporaries + rec.orphan_blobs + rec.rows_dropped > 0 {
+            tracing::warn!(
+                temporaries = rec.temporaries,
+                orphan_blobs = rec.orphan_blobs,
+                index_rows_dropped = rec.rows_dropped,
+                "start-up recovery cleaned what an earlier crash left; dropped files will be fetched again"
+            );
+        }
+        let upstream = Upstream::new(&cfg).map_err(|e| NodeError::Client(e.to_string()))?;
+        let stats = Arc::new(Stats::default());
+        let fetcher = Fetcher::new(
+            store.clone(),
+            Arc::new(upstream),
+            stats.clone(),
+            cfg.upstream.retries,
+        );
+        let snapshots = Snapshots::new(
+            store.clone(),
+            fetcher.clone(),
+            stats.clone(),
+            cfg.metadata.clone(),
+        );
+        Ok(Arc::new(Self {
+            cfg,
+            store,
+            fetcher,
+            snapshots,
+            stats,
+            started: Instant::now(),
+        }))
+    }
+
+    /// Serves until `shutdown` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let addr = self.cfg.node.http_listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(
+            http = %local,
+            data_dir = %self.cfg.data_dir().display(),
+            repos = ?self.cfg.repos.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            "lanmirror node serving; point dnf at http://<this host>:{}/<repo>/…", local.port()
+        );
+        if self.cfg.discovery.mdns || !self.cfg.discovery.peers.is_empty() {
+            tracing::info!("peer sharing (mDNS, QUIC) is not built yet: this node works alone");
+        }
+        let flusher = {
+            let node = self.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        _ = stop.changed() => break,
+                    }
+                    if let Err(e) = node.store.flush_access().await {
+                        tracing::warn!(error = %e, "could not record last-access times");
+                    }
+                }
+            })
+        };
+        crate::http::serve(listener, self.clone(), &mut shutdown).await;
+        let _ = flusher.await;
+        if let Err(e) = self.store.flush_access().await {
+            tracing::warn!(error = %e, "could not record last-access times");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// The `/api/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let now = now_secs();
+        let fresh = self.snapshots.freshness();
+        let snaps = self.store.snapshots().unwrap_or_default();
+        let repos: Vec<_> = self
+            .cfg
+            .repos
+            .iter()
+            .map(|r| {
+                let prefix = format!("{}/", r.name);
+                let trees: Vec<_> = snaps
+                    .iter()
+                    .filter_map(|(k, s)| k.strip_prefix(&prefix).map(|t| (t, s)))
+                    .map(|(tree, s)| {
+                        json!({
+                            "tree": tree,
+                            "revision": s.revision,
+                            "age_secs": now.saturating_sub(s.fetched_at),
+                            "checked_secs_ago": now.saturating_sub(s.checked_at),
+                            "stale": needs_check(s.checked_at, now, fresh),
+                            "files": s.files.len(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": r.name,
+                    "upstream": r.urls,
+                    "upstream_offline": self.fetcher.upstream().is_offline(&r.name),
+                    "snapshots": trees,
+                })
+            })
+            .collect();
+        let (blobs, bytes) = self.store.totals().unwrap_or((0, 0));
+        let s = &self.stats;
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "data_dir": self.cfg.data_dir().display().to_string(),
+            "repos": repos,
+            "requests": Stats::get(&s.requests),
+            "hits": Stats::get(&s.hits),
+            "misses": Stats::get(&s.misses),
+            "not_found": Stats::get(&s.not_found),
+            "refused": Stats::get(&s.refused),
+            "bytes_served": Stats::get(&s.bytes_served),
+            "bytes_fetched_upstream": Stats::get(&s.bytes_fetched),
+            "verify_failures": Stats::get(&s.verify_failures),
+            "upstream_errors": Stats::get(&s.upstream_errors),
+            "stale_metadata_served": Stats::get(&s.stale_served),
+            "zero_copy_responses": Stats::get(&s.zero_copy_responses),
+            "in_flight_transfers": self.fetcher.in_flight(),
+            "stored_blobs": blobs,
+            "stored_bytes": bytes,
+        })
+    }
+
+    /// The `/metrics` page (Prometheus text format).
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let s = &self.stats;
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP lanmirror_{name} {help}\n# TYPE lanmirror_{name} {kind}\nlanmirror_{name} {v}"
+            );
+        };
+        put(
+            "requests_total",
+            "counter",
+            "HTTP requests received.",
+            Stats::get(&s.requests),
+        );
+        put(
+            "hits_total",
+            "counter",
+            "Requests answered from the store.",
+            Stats::get(&s.hits),
+        );
+        put(
+            "misses_total",
+            "counter",
+            "Upstream transfers started.",
+            Stats::get(&s.misses),
+        );
+        put(
+            "not_found_total",
+            "counter",
+            "Requests answered 404.",
+            Stats::get(&s.not_found),
+        );
+        put(
+            "refused_total",
+            "counter",
+            "Requests refused (bad path, method).",
+            Stats::get(&s.refused),
+        );
+        put(
+            "served_bytes_total",
+            "counter",
+            "Body bytes sent to clients.",
+            Stats::get(&s.bytes_served),
+        );
+        put(
+            "upstream_bytes_total",
+            "counter",
+            "Bytes received from upstream.",
+            Stats::get(&s.bytes_fetched),
+        );
+        put(
+            "verify_failures_total",
+            "counter",
+            "Downloads refused because they did not match metadata.",
+            Stats::get(&s.verify_failures),
+        );
+        put(
+            "upstream_errors_total",
+            "counter",
+            "Transfers that failed upstream.",
+            Stats::get(&s.upstream_errors),
+        );
+        put(
+            "stale_metadata_served_total",
+            "counter",
+            "Times metadata was served unconfirmed by upstream.",
+            Stats::get(&s.stale_served),
+        );
+        put(
+            "zero_copy_responses_total",
+            "counter",
+            "Hits answered with sendfile.",
+            Stats::get(&s.zero_copy_responses),
+        );
+        put(
+            "in_flight_transfers",
+            "gauge",
+            "Upstream transfers running now.",
+            self.fetcher.in_flight() as u64,
+        );
+        let now = now_secs();
+        let _ = writeln!(
+            out,
+            "# HELP lanmirror_snapshot_age_seconds Seconds since the tree's metadata changed.\n# TYPE lanmirror_snapshot_age_seconds gauge"
+        );
+        for (k, snap) in self.store.snapshots().unwrap_or_default() {
+            let label = k.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "lanmirror_snapshot_age_seconds{{tree=\"{label}\"}} {}",
+                now.saturating_sub(snap.fetched_at)
+            );
+        }
+        out
+    }
+}

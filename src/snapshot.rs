@@ -1,0 +1,501 @@
+//! Metadata snapshots: what a tree's `repodata/repomd.xml` is, when to ask upstream again,
+//! and how a new one is switched in.
+//!
+//! A tree is the directory holding `repodata/` (e.g. `9/BaseOS/x86_64/os/` of repo `almalinux`).
+//! Its snapshot is repomd.xml with its `.asc`/`.key` and every metadata file it references that
+//! clients fetch (primary, filelists, updateinfo, modules, group…), all stored and verified
+//! against repomd's checksums before one index row switches the snapshot (invariant 3). The
+//! package list of primary.xml is recorded so every package is checked against it. When
+//! upstream cannot be reached, or answers something inconsistent, the previous snapshot stays.
+//!
+//! The freshness policy ([`needs_check`]) is pure; everything else here drives `fetch`.
+//! This module does not serve HTTP and does not parse XML itself (`repodata` does).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::config::MetadataConfig;
+use crate::fetch::{FetchError, Fetcher, Finished, Item};
+use crate::hash::{self, BlobId};
+use crate::paths::{REPOMD_COMPANIONS, RepoPath};
+use crate::repodata::{self, Compression, RepoMdRecord};
+use crate::stats::Stats;
+use crate::store::{Batch, Expected, PathEntry, Snapshot, Store, now_secs};
+
+/// Metadata files fetched at most this many at once during a refresh.
+const PARALLEL_METADATA: usize = 4;
+
+/// Whether a copy checked at `checked_at` must be re-checked upstream at `now` (unix seconds).
+/// A clock that jumped backwards past the check also forces one.
+pub fn needs_check(checked_at: u64, now: u64, freshness: Duration) -> bool {
+    checked_at > now.saturating_add(60) || now.saturating_sub(checked_at) >= freshness.as_secs()
+}
+
+/// Which repomd records a snapshot stores before it is switched in: what dnf and librepo
+/// fetch. sqlite databases and other.xml are fetched on demand (still checked against repomd).
+pub fn prefetched(kind: &str) -> bool {
+    !(kind.ends_with("_db") || kind.starts_with("other") || kind.starts_with("prestodelta"))
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("fetching {path}: {source}")]
+    Fetch { path: String, source: FetchError },
+    #[error("upstream repomd.xml is not valid: {0}")]
+    BadRepomd(String),
+    #[error("primary metadata is not valid: {0}")]
+    BadPrimary(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+impl SnapshotError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SnapshotError::Fetch { source, .. } if source.is_not_found())
+    }
+}
+
+pub struct Snapshots {
+    store: Store,
+    fetcher: Arc<Fetcher>,
+    stats: Arc<Stats>,
+    cfg: MetadataConfig,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Trees whose last refresh failed, and when: not retried within the freshness window.
+    failed: Mutex<HashMap<String, (Instant, SnapshotError)>>,
+    stale_warned: Mutex<HashSet<String>>,
+}
+
+impl Snapshots {
+    pub fn new(
+        store: Store,
+        fetcher: Arc<Fetcher>,
+        stats: Arc<Stats>,
+        cfg: MetadataConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            fetcher,
+            stats,
+            cfg,
+            locks: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+            stale_warned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn freshness(&self) -> Duration {
+        self.cfg.freshness()
+    }
+
+    /// The snapshot of a tree if it may be served without asking upstream: no I/O but an index
+    /// read. Used by the zero-copy hit path.
+    pub fn fresh(&self, repo: &str, tree: &str) -> Option<Snapshot> {
+        let s = self.store.snapshot(&format!("{repo}/{tree}")).ok()??;
+        (!needs_check(s.checked_at, now_secs(), self.cfg.freshness())).then_some(s)
+    }
+
+    /// The snapshot to serve for a tree, refreshing it first when it is due and upstream is
+    /// worth asking. Errors only when there is no snapshot at all.
+    pub async fn current(
+        self: &Arc<Self>,
+        repo: &str,
+        tree: &str,
+    ) -> Result<Snapshot, SnapshotError> {
+        let key = format!("{repo}/{tree}");
+        let snap = self
+            .store
+            .snapshot(&key)
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let due = snap
+            .as_ref()
+            .is_none_or(|s| needs_check(s.checked_at, now_secs(), self.cfg.freshness()));
+        if !due {
+            return snap.ok_or_else(|| SnapshotError::Store("snapshot vanished".into()));
+        }
+        let recent_failure = self.recent_failure(&key);
+        if recent_failure.is_none() && !self.fetcher.upstream().is_offline(repo) {
+            // Refresh in a task of its own: a client that goes away does not cancel it, and
+            // clients that arrive meanwhile queue on the tree's lock, then find it fresh.
+            let me = self.clone();
+            let (repo2, tree2) = (repo.to_string(), tree.to_string());
+            let res = tokio::spawn(async move { me.refresh_once(&repo2, &tree2).await }).await;
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.note_failure(&key, e),
+                Err(e) => self.note_failure(&key, SnapshotError::Store(e.to_string())),
+            }
+        }
+        let snap = self
+            .store
+            .snapshot(&key)
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        match snap {
+            Some(s) => {
+                if needs_check(s.checked_at, now_secs(), self.cfg.freshness()) {
+                    Stats::inc(&self.stats.stale_served);
+                    if self
+                        .stale_warned
+                        .lock()
+                        .is_ok_and(|mut w| w.insert(key.clone()))
+                    {
+                        tracing::warn!(repo, tree, revision = %s.revision,
+                            age_secs = now_secs().saturating_sub(s.checked_at),
+                            "serving stale metadata: upstream could not confirm it (see the previous warning for why)");
+                    }
+                }
+                Ok(s)
+            }
+            None => Err(self
+                .recent_failure(&key)
+                .unwrap_or_else(|| SnapshotError::Store("no metadata snapshot".into()))),
+        }
+    }
+
+    fn recent_failure(&self, key: &str) -> Option<SnapshotError> {
+        let f = self.failed.lock().ok()?;
+        let (at, e) = f.get(key)?;
+        (at.elapsed() < self.cfg.freshness()).then(|| e.clone())
+    }
+
+    fn note_failure(&self, key: &str, e: SnapshotError) {
+        if !e.is_not_found() {
+            tracing::warn!(tree = key, error = %e, "metadata refresh failed; the previous snapshot (if any) stays in service");
+        }
+        if let Ok(mut f) = self.failed.lock() {
+            f.insert(key.to_string(), (Instant::now(), e));
+        }
+    }
+
+    async fn refresh_once(&self, repo: &str, tree: &str) -> Result<(), SnapshotError> {
+        let key = format!("{repo}/{tree}");
+        let lock = {
+            let mut l = self
+                .locks
+                .lock()
+                .map_err(|_| SnapshotError::Store("lock poisoned".into()))?;
+            l.entry(key.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        // Someone else may have refreshed while we queued.
+        let current = self
+            .store
+            .snapshot(&key)
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        if let Some(s) = &current
+            && !needs_check(s.checked_at, now_secs(), self.cfg.freshness())
+        {
+            return Ok(());
+        }
+        self.refresh(repo, tree, current).await?;
+        if let Ok(mut f) = self.failed.lock() {
+            f.remove(&key);
+        }
+        if self.stale_warned.lock().is_ok_and(|mut w| w.remove(&key)) {
+            tracing::info!(repo, tree, "metadata confirmed by upstream again");
+        }
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        repo: &str,
+        tree: &str,
+        current: Option<Snapshot>,
+    ) -> Result<(), SnapshotError> {
+        let key = format!("{repo}/{tree}");
+        let path = RepoPath::in_tree(tree, "repodata/repomd.xml")
+            .map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
+        let fetch_err = |p: &RepoPath| {
+            let p = p.to_string();
+            move |source| SnapshotError::Fetch { path: p, source }
+        };
+        let item = Item {
+            repo: repo.into(),
+            path: path.clone(),
+            expected: None,
+            publish: false,
+            revalidate: current
+                .as_ref()
+                .map(|s| (s.etag.clone(), s.last_modified.clone())),
+        };
+        let done = match self.fetcher.fetch(item).await.map_err(fetch_err(&path))? {
+            Finished::NotModified => return self.confirm(&key, current, None).await,
+            Finished::Stored(d) => d,
+        };
+        if current
+            .as_ref()
+            .is_some_and(|s| s.repomd == hash::hex(&done.blob))
+        {
+            return self
+                .confirm(&key, current, Some((done.etag, done.last_modified)))
+                .await;
+        }
+        let bytes = std::fs::read(self.store.blob_path(&done.blob))
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let md =
+            repodata::parse_repomd(&bytes).map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
+
+        // The companions must come from the same moment as repomd.xml: fetch them fresh.
+        let mut companions = Vec::new();
+        for suffix in REPOMD_COMPANIONS {
+            let p = RepoPath::in_tree(tree, &format!("repodata/repomd.xml{suffix}"))
+                .map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
+            let item = Item {
+                repo: repo.into(),
+                path: p.clone(),
+                expected: None,
+                publish: false,
+                revalidate: None,
+            };
+            match self.fetcher.fetch(item).await {
+                Ok(Finished::Stored(d)) => {
+                    companions.push((suffix.to_string(), hash::hex(&d.blob)))
+                }
+                Ok(Finished::NotModified) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(fetch_err(&p)(e)),
+            }
+        }
+
+        let mut batch = Batch::new();
+        let mut files = Vec::new();
+        let mut wanted = Vec::new();
+        for r in &md.records {
+            let p = RepoPath::in_tree(tree, &r.href)
+                .map_err(|e| SnapshotError::BadRepomd(format!("{}: {e}", r.href)))?;
+            let exp = Expected {
+                checksum: r.checksum.clone(),
+                size: r.size,
+            };
+            batch.put_expected(format!("{repo}/{p}"), exp.clone());
+            if prefetched(&r.kind) {
+                files.push(p.to_string());
+                wanted.push((r.clone(), p, exp));
+            }
+        }
+        // Fetch what is not stored yet, a few at a time, each verified against repomd.
+        let results: Vec<Result<(RepoMdRecord, BlobId), SnapshotError>> =
+            futures_util::stream::iter(
+                wanted
+                    .into_iter()
+                    .map(|(r, p, exp)| self.ensure(repo, r, p, exp)),
+            )
+            .buffer_unordered(PARALLEL_METADATA)
+            .collect()
+            .await;
+        let mut primary = None;
+        for res in results {
+            let (r, blob) = res?;
+            if r.kind == "primary" {
+                primary = Some((r.href.clone(), blob));
+            }
+        }
+        if let Some((href, blob)) = primary {
+            let n = self
+                .record_packages(repo, tree, &href, blob, &mut batch)
+                .await?;
+            tracing::debug!(repo, tree, packages = n, "primary parsed");
+        }
+        let now = now_secs();
+        let revision = md
+            .revision
+            .clone()
+            .unwrap_or_else(|| hash::hex(&done.blob)[..12].to_string());
+        let retention = self.cfg.retention().as_secs();
+        let mut previous = Vec::new();
+        if let Some(old) = current {
+            for (at, old_files) in old.previous.into_iter().chain([(now, old.files)]) {
+                if now.saturating_sub(at) < retention {
+                    previous.push((at, old_files));
+                } else {
+                    for f in old_files.into_iter().filter(|f| !files.contains(f)) {
+                        batch.remove_path(format!("{repo}/{f}"));
+                    }
+                }
+            }
+        }
+        let snap = Snapshot {
+            revision: revision.clone(),
+            repomd: hash::hex(&done.blob),
+            companions,
+            fetched_at: now,
+            checked_at: now,
+            etag: done.etag,
+            last_modified: done.last_modified,
+            files,
+            previous,
+        };
+        batch.put_snapshot(key, snap);
+        self.store
+            .commit(batch)
+            .await
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        tracing::info!(repo, tree, revision, "new metadata snapshot in service");
+        Ok(())
+    }
+
+    /// Upstream confirmed the current snapshot: only its check time (and validators) change.
+    async fn confirm(
+        &self,
+        key: &str,
+        current: Option<Snapshot>,
+        validators: Option<(Option<String>, Option<String>)>,
+    ) -> Result<(), SnapshotError> {
+        let Some(mut s) = current else {
+            return Err(SnapshotError::BadRepomd(
+                "upstream said 'not modified' to an unconditional request".into(),
+            ));
+        };
+        s.checked_at = now_secs();
+        if let Some((etag, lm)) = validators {
+            s.etag = etag;
+            s.last_modified = lm;
+        }
+        let mut b = Batch::new();
+        b.put_snapshot(key.to_string(), s);
+        self.store
+            .commit(b)
+            .await
+            .map_err(|e| SnapshotError::Store(e.to_string()))
+    }
+
+    /// Makes sure one referenced metadata file is stored and listed under its path.
+    async fn ensure(
+        &self,
+        repo: &str,
+        r: RepoMdRecord,
+        p: RepoPath,
+        exp: Expected,
+    ) -> Result<(RepoMdRecord, BlobId), SnapshotError> {
+        let key = format!("{repo}/{p}");
+        let store_err = |e: crate::store::StoreError| SnapshotError::Store(e.to_string());
+        if let Some(blob) = self
+            .store
+            .blob_by_checksum(&exp.checksum)
+            .map_err(store_err)?
+        {
+            let listed = self.store.path_entry(&key).map_err(store_err)?;
+            if listed.is_none_or(|e| e.blob != blob) {
+                let mut b = Batch::new();
+                b.set_path(
+                    key,
+                    PathEntry {
+                        blob,
+                        checked_at: now_secs(),
+                        etag: None,
+                        last_modified: None,
+                    },
+                );
+                self.store.commit(b).await.map_err(store_err)?;
+            }
+            return Ok((r, blob));
+        }
+        let item = Item {
+            repo: repo.into(),
+            path: p.clone(),
+            expected: Some(exp),
+            publish: true,
+            revalidate: None,
+        };
+        match self.fetcher.fetch(item).await {
+            Ok(Finished::Stored(d)) => Ok((r, d.blob)),
+            Ok(Finished::NotModified) => Err(SnapshotError::Store("unexpected 304".into())),
+            Err(source) => Err(SnapshotError::Fetch {
+                path: p.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Streams primary.xml and records every package's expected checksum and size.
+    async fn record_packages(
+        &self,
+        repo: &str,
+        tree: &str,
+        href: &str,
+        blob: BlobId,
+        batch: &mut Batch,
+    ) -> Result<usize, SnapshotError> {
+        let file = self.store.blob_path(&blob);
+        let compression = Compression::from_href(href);
+        let (repo, tree) = (repo.to_string(), tree.to_string());
+        let rows = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&file).map_err(|e| SnapshotError::Store(e.to_string()))?;
+            let mut rows = Vec::new();
+            let mut bad = None;
+            repodata::parse_primary(std::io::BufReader::new(f), compression, |p| {
+                match RepoPath::in_tree(&tree, &p.href) {
+                    Ok(path) => rows.push((
+                        format!("{repo}/{path}"),
+                        Expected {
+                            checksum: p.checksum,
+                            size: Some(p.size),
+                        },
+                    )),
+                    Err(e) => bad = Some(format!("{}: {e}", p.href)),
+                }
+            })
+            .map_err(|e| SnapshotError::BadPrimary(e.to_string()))?;
+            match bad {
+                Some(b) => Err(SnapshotError::BadPrimary(b)),
+                None => Ok(rows),
+            }
+        })
+        .await
+        .map_err(|e| SnapshotError::Store(e.to_string()))??;
+        let n = rows.len();
+        for (k, e) in rows {
+            batch.put_expected(k, e);
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_policy_with_a_controlled_clock() {
+        let w = Duration::from_secs(300);
+        let t0 = 1_700_000_000;
+        assert!(!needs_check(t0, t0, w), "just checked");
+        assert!(!needs_check(t0, t0 + 299, w), "inside the window");
+        assert!(needs_check(t0, t0 + 300, w), "window over");
+        assert!(needs_check(t0, t0 + 86_400, w));
+        assert!(!needs_check(t0 + 30, t0, w), "small clock skew tolerated");
+        assert!(
+            needs_check(t0 + 3600, t0, w),
+            "clock jumped back: check again"
+        );
+        assert!(needs_check(0, t0, Duration::ZERO));
+    }
+
+    #[test]
+    fn what_a_snapshot_prefetches() {
+        for k in [
+            "primary",
+            "filelists",
+            "updateinfo",
+            "modules",
+            "group",
+            "group_gz",
+            "primary_zck",
+        ] {
+            assert!(prefetched(k), "{k}");
+        }
+        for k in [
+            "primary_db",
+            "other",
+            "other_db",
+            "filelists_db",
+            "prestodelta",
+        ] {
+            assert!(!prefetched(k), "{k}");
+        }
+    }
+}

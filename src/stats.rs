@@ -1,0 +1,31 @@
+//! Counters the node keeps for `/api/status` and `/metrics`: plain atomics, updated on the
+//! paths that do the work, read without locks. No history, no rates: scrapers compute those.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub not_found: AtomicU64,
+    pub refused: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub verify_failures: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub zero_copy_responses: AtomicU64,
+    pub stale_served: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+}

@@ -1,0 +1,409 @@
+//! The upstream side: an HTTPS client (reqwest on rustls) that opens a file from a repo's
+//! mirrors in order, with connect and read timeouts, retries with backoff, failover to the next
+//! mirror, Range resume with `If-Range`, conditional requests, and captive-portal detection.
+//!
+//! It hands back an open response; reading the body (and resuming when it breaks) is the
+//! `fetch` module's job. It never stores anything, and it treats an upstream error page as an
+//! error, never as content. It also remembers, per repo, when upstream was last unreachable, so
+//! a dead uplink costs one timeout per back-off period instead of one per request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+
+use crate::config::{Config, RepoConfig, UpstreamConfig};
+use crate::paths::RepoPath;
+use crate::repodata;
+
+/// How long a repo counts as offline after every mirror failed.
+pub const OFFLINE_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("not found on any upstream mirror")]
+    NotFound,
+    #[error("repo {0:?} is not configured")]
+    UnknownRepo(String),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error(
+        "upstream answered an error page (HTML) instead of the file: a captive portal or a broken mirror"
+    )]
+    Html,
+    #[error("upstream answered {0}")]
+    Status(u16),
+    #[error("upstream for this repo failed recently; retrying after a back-off")]
+    Offline,
+}
+
+impl UpstreamError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, UpstreamError::NotFound)
+    }
+}
+
+/// What to ask upstream for.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    /// Resume from this byte (`Range: bytes=N-`); 0 for the whole file.
+    pub from: u64,
+    /// Validator of the bytes already held, sent as `If-Range` when resuming.
+    pub if_range: Option<String>,
+    /// Validators of a stored copy, for a conditional request (revalidation).
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+}
+
+/// An open upstream answer.
+pub enum Opened {
+    NotModified,
+    Body(Body),
+}
+
+pub struct Body {
+    pub response: reqwest::Response,
+    /// True when the answer continues from `Ask::from` (a 206 with a matching Content-Range);
+    /// false when it is the whole file from byte 0.
+    pub resumed: bool,
+    /// Length of the whole file when upstream said it.
+    pub total: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub url: String,
+}
+
+pub struct Upstream {
+    client: reqwest::Client,
+    cfg: UpstreamConfig,
+    repos: HashMap<String, RepoConfig>,
+    /// Mirrors resolved from mirrorlists, per repo, fetched once.
+    mirrorlists: tokio::sync::Mutex<HashMap<String, Vec<String>>>,
+    offline_since: Mutex<HashMap<String, Instant>>,
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string())
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL)
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// Is this answer an HTML page where a file was expected?
+pub fn looks_like_error_page(path: &RepoPath, content_type: Option<&str>) -> bool {
+    let name = path.file_name().to_ascii_lowercase();
+    if name.ends_with(".html") || name.ends_with(".htm") {
+        return false;
+    }
+    content_type.is_some_and(|ct| {
+        let ct = ct.trim().to_ascii_lowercase();
+        ct.starts_with("text/html") || ct.starts_with("application/xhtml")
+    })
+}
+
+/// Does the first chunk of a body fit what the file name promises? Catches error pages served
+/// with a wrong content type.
+pub fn first_bytes_plausible(path: &RepoPath, head: &[u8]) -> bool {
+    let name = path.file_name().to_ascii_lowercase();
+    let start = |magic: &[u8]| head.len() < magic.len() || head.starts_with(magic);
+    if name.ends_with(".rpm") {
+        return start(&[0xed, 0xab, 0xee, 0xdb]);
+    }
+    if name.ends_with(".gz") {
+        return start(&[0x1f, 0x8b]);
+    }
+    if name.ends_with(".xz") {
+        return start(&[0xfd, b'7', b'z', b'X', b'Z']);
+    }
+    if name.ends_with(".zst") {
+        return start(&[0x28, 0xb5, 0x2f, 0xfd]);
+    }
+    if name.ends_with(".bz2") {
+        return start(b"BZh");
+    }
+    let text = String::from_utf8_lossy(&head[..head.len().min(512)]).to_ascii_lowercase();
+    let trimmed = text.trim_start();
+    !(trimmed.starts_with("<!doctype html") || trimmed.starts_with("<html"))
+}
+
+impl Upstream {
+    pub fn new(cfg: &Config) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("lanmirror/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(cfg.upstream.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(cfg.upstream.read_timeout_secs))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            client,
+            cfg: cfg.upstream.clone(),
+            repos: cfg
+                .repos
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect(),
+            mirrorlists: tokio::sync::Mutex::new(HashMap::new()),
+            offline_since: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// True while `repo` is in its back-off after every mirror failed.
+    pub fn is_offline(&self, repo: &str) -> bool {
+        self.offline_since
+            .lock()
+            .ok()
+            .and_then(|m| m.get(repo).copied())
+            .is_some_and(|t| t.elapsed() < OFFLINE_BACKOFF)
+    }
+
+    fn mark(&self, repo: &str, reachable: bool) {
+        let Ok(mut m) = self.offline_since.lock() else {
+            return;
+        };
+        if reachable {
+            if m.remove(repo).is_some() {
+                tracing::info!(repo, "upstream is reachable again");
+            }
+        } else if m.insert(repo.to_string(), Instant::now()).is_none() {
+            tracing::warn!(
+                repo,
+                "upstream unreachable: serving what is stored (stale metadata included) until it comes back; check the uplink"
+            );
+        }
+    }
+
+    /// The base URLs of `repo`, configured ones first, then those its mirrorlists name.
+    async fn bases(&self, repo: &RepoConfig) -> Vec<String> {
+        let mut out: Vec<String> = repo.urls.clone();
+        if repo.mirrorlists.is_empty() {
+            return out;
+        }
+        let mut cache = self.mirrorlists.lock().await;
+        if !cache.contains_key(&repo.name) {
+            let mut found = Vec::new();
+            for ml in &repo.mirrorlists {
+                match self.client.get(ml).send().await {
+                    Ok(r) if r.status().is_success() => match r.bytes().await {
+                        Ok(b) => found.extend(repodata::parse_mirrorlist(&b)),
+                        Err(e) => {
+                            tracing::warn!(repo = %repo.name, mirrorlist = %ml, error = %e, "mirrorlist read failed")
+                        }
+                    },
+                    Ok(r) => {
+                        tracing::warn!(repo = %repo.name, mirrorlist = %ml, status = %r.status(), "mirrorlist refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(repo = %repo.name, mirrorlist = %ml, error = %e, "mirrorlist unreachable")
+                    }
+                }
+            }
+            if !found.is_empty() {
+                tracing::info!(repo = %repo.name, mirrors = found.len(), "mirrorlist resolved");
+                cache.insert(repo.name.clone(), found);
+            }
+        }
+        if let Some(m) = cache.get(&repo.name) {
+            out.extend(m.iter().cloned());
+        }
+        out
+    }
+
+    /// Opens `path` of `repo`: mirrors in order, each retried with backoff on errors and 5xx;
+    /// a 404 moves straight to the next mirror; NotFound only when every mirror said so.
+    pub async fn open(
+        &self,
+        repo: &str,
+        path: &RepoPath,
+        ask: &Ask,
+    ) -> Result<Opened, UpstreamError> {
+        let rc = self
+            .repos
+            .get(repo)
+            .ok_or_else(|| UpstreamError::UnknownRepo(repo.into()))?;
+        let bases = self.bases(rc).await;
+        let mut not_found = 0usize;
+        let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
+        for base in &bases {
+            let url = join_url(base, path.as_str());
+            for attempt in 0..=self.cfg.retries {
+                if attempt > 0 {
+                    let backoff = Duration::from_millis(250u64 << (attempt - 1).min(5));
+                    tokio::time::sleep(backoff).await;
+                }
+                match self.try_once(&url, path, ask).await {
+                    Ok(o) => {
+                        self.mark(repo, true);
+                        return Ok(o);
+                    }
+                    Err(UpstreamError::NotFound) => {
+                        not_found += 1;
+                        break;
+                    }
+                    Err(e @ UpstreamError::Html) => {
+                        tracing::warn!(%url, "upstream answered an HTML page instead of the file (captive portal?); trying the next mirror");
+                        last_err = e;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%url, attempt, error = %e, "upstream attempt failed");
+                        last_err = e;
+                    }
+                }
+            }
+        }
+        if not_found == bases.len() && !bases.is_empty() {
+            self.mark(repo, true);
+            return Err(UpstreamError::NotFound);
+        }
+        if matches!(last_err, UpstreamError::Unreachable(_)) {
+            self.mark(repo, false);
+        }
+        Err(last_err)
+    }
+
+    async fn try_once(
+        &self,
+        url: &str,
+        path: &RepoPath,
+        ask: &Ask,
+    ) -> Result<Opened, UpstreamError> {
+        let mut req = self.client.get(url);
+        if ask.from > 0 {
+            req = req.header(header::RANGE, format!("bytes={}-", ask.from));
+            if let Some(v) = ask
+                .if_range
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                req = req.header(header::IF_RANGE, v);
+            }
+        } else {
+            if let Some(v) = ask
+                .if_none_match
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                req = req.header(header::IF_NONE_MATCH, v);
+            }
+            if let Some(v) = ask
+                .if_modified_since
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                req = req.header(header::IF_MODIFIED_SINCE, v);
+            }
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(format!("{url}: {}", error_chain(&e))))?;
+        let status = resp.status();
+        let h = resp.headers();
+        match status {
+            StatusCode::NOT_MODIFIED => return Ok(Opened::NotModified),
+            StatusCode::NOT_FOUND | StatusCode::GONE => return Err(UpstreamError::NotFound),
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT => {}
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                return Err(UpstreamError::Unreachable(format!("{url}: {s}")));
+            }
+            s => return Err(UpstreamError::Status(s.as_u16())),
+        }
+        if looks_like_error_page(
+            path,
+            h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        ) {
+            return Err(UpstreamError::Html);
+        }
+        let etag = header_str(h, header::ETAG);
+        let last_modified = header_str(h, header::LAST_MODIFIED);
+        let len = resp.content_length();
+        let (resumed, total) = if status == StatusCode::PARTIAL_CONTENT {
+            match header_str(h, header::CONTENT_RANGE)
+                .as_deref()
+                .and_then(parse_content_range)
+            {
+                Some((start, total)) if start == ask.from && ask.from > 0 => (true, total),
+                // A range we did not ask for: unusable.
+                _ => return Err(UpstreamError::Status(206)),
+            }
+        } else {
+            (false, len)
+        };
+        Ok(Opened::Body(Body {
+            response: resp,
+            resumed,
+            total,
+            etag,
+            last_modified,
+            url: url.to_string(),
+        }))
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+pub fn join_url(base: &str, path: &str) -> String {
+    if base.ends_with('/') {
+        format!("{base}{path}")
+    } else {
+        format!("{base}/{path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_and_urls() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+        assert_eq!(join_url("http://a/b", "c/d"), "http://a/b/c/d");
+        assert_eq!(join_url("http://a/b/", "c/d"), "http://a/b/c/d");
+    }
+
+    #[test]
+    fn error_pages_are_recognised() {
+        let rpm = RepoPath::parse_relative("Packages/a.rpm").unwrap();
+        assert!(looks_like_error_page(
+            &rpm,
+            Some("text/html; charset=utf-8")
+        ));
+        assert!(!looks_like_error_page(&rpm, Some("application/x-rpm")));
+        assert!(!first_bytes_plausible(
+            &rpm,
+            b"<html><body>login</body></html>"
+        ));
+        assert!(first_bytes_plausible(&rpm, &[0xed, 0xab, 0xee, 0xdb, 3, 0]));
+        let xml = RepoPath::parse_relative("repodata/repomd.xml").unwrap();
+        assert!(!first_bytes_plausible(&xml, b"  <!DOCTYPE html><html>"));
+        assert!(first_bytes_plausible(
+            &xml,
+            b"<?xml version=\"1.0\"?><repomd>"
+        ));
+        let page = RepoPath::parse_relative("index.html").unwrap();
+        assert!(!looks_like_error_page(&page, Some("text/html")));
+    }
+}
