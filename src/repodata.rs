@@ -466,8 +466,8 @@ enum Ev {
     Open { depth: usize, empty: bool },
     /// The element at `depth` closed.
     Close { depth: usize },
-    /// Text (already unescaped) inside the innermost open element.
-    Text(String),
+    /// Text (already unescaped) directly inside the open element at `depth`.
+    Text { depth: usize, text: String },
 }
 
 /// Namespace-aware, depth-tracking XML event pump with bounded memory.
@@ -595,12 +595,16 @@ impl<R: BufRead> Pump<R> {
                     return Ok(Some((Ev::Close { depth }, None)));
                 }
                 Event::Text(t) => {
-                    return Ok(Some((Ev::Text(t.xml10_content().into_owned()), None)));
+                    let text = t.xml10_content().into_owned();
+                    return Ok(Some((self.text(text), None)));
                 }
-                Event::CData(c) => return Ok(Some((Ev::Text(c.into_inner().into_owned()), None))),
+                Event::CData(c) => {
+                    let text = c.into_inner().into_owned();
+                    return Ok(Some((self.text(text), None)));
+                }
                 Event::GeneralRef(r) => {
                     let text = self.resolve_ref(&r)?;
-                    return Ok(Some((Ev::Text(text), None)));
+                    return Ok(Some((self.text(text), None)));
                 }
                 Event::Eof => {
                     if let Some(open) = self.stack.last() {
@@ -614,6 +618,13 @@ impl<R: BufRead> Pump<R> {
                 }
                 Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
             }
+        }
+    }
+
+    fn text(&self, text: String) -> Ev {
+        Ev::Text {
+            depth: self.depth,
+            text,
         }
     }
 
@@ -873,12 +884,16 @@ pub fn parse_repomd(xml: &[u8]) -> Result<RepoMd, RepodataError> {
                     }
                 }
             }
-            (Ev::Text(t), _) => {
+            (Ev::Text { depth, text: t }, _) => {
                 let target = match collecting {
-                    Some(RepoMdText::Revision) => revision.as_mut(),
-                    Some(RepoMdText::Checksum) => record.as_mut().and_then(|r| r.checksum.as_mut()),
-                    Some(RepoMdText::Size) => record.as_mut().and_then(|r| r.size.as_mut()),
-                    None => None,
+                    Some(RepoMdText::Revision) if depth == 2 => revision.as_mut(),
+                    Some(RepoMdText::Checksum) if depth == 3 => {
+                        record.as_mut().and_then(|r| r.checksum.as_mut())
+                    }
+                    Some(RepoMdText::Size) if depth == 3 => {
+                        record.as_mut().and_then(|r| r.size.as_mut())
+                    }
+                    _ => None,
                 };
                 if let Some(buf) = target {
                     buf.push(&t);
@@ -1069,7 +1084,7 @@ pub fn parse_primary<R: Read>(
                     p.href = attr(&e, "href", &ctx)?;
                 }
             }
-            (Ev::Text(t), _) => {
+            (Ev::Text { depth: 3, text: t }, _) => {
                 if let Some(p) = pkg.as_mut() {
                     match collecting {
                         Some(PrimaryText::Name) => p.name.push(&t),
@@ -1652,6 +1667,11 @@ mod tests {
         let got = primary_str(&xml).unwrap();
         assert_eq!(got[0].checksum, sha256(ALPHA_SHA256));
         assert_eq!(got[0].href, "Packages/a&b.rpm");
+        // text of an element nested in <checksum> is not part of the checksum
+        let xml = one_package(&format!(
+            r#"<checksum type="sha256">{ALPHA_SHA256}<x>00</x></checksum>{GOOD_SIZE}{GOOD_LOCATION}"#
+        ));
+        assert_eq!(primary_str(&xml).unwrap()[0].checksum, sha256(ALPHA_SHA256));
         let xml = one_package(&format!(
             r#"<checksum type="sha256">&custom;</checksum>{GOOD_SIZE}{GOOD_LOCATION}"#
         ));

@@ -206,11 +206,12 @@ def main():
     idle_pct = int(meta.get("idle_pct", "20") or 20)
     busy = {r[0]: int(r[1]) for r in read_tsv(os.path.join(run, "busy.tsv")) if len(r) >= 2}
 
+    noisy_cells = []
+
     def noisy(tag, what):
         b = busy.get(tag)
         if b is not None and b > idle_pct:
-            problems.append("%s: the machine was already %d%% busy (other processes) when it started — "
-                            "number marked †, treat as noisy" % (what, b))
+            noisy_cells.append("%s (%d%%)" % (what, b))
             return " †"
         return ""
 
@@ -425,6 +426,10 @@ def main():
         cr = f_ratio(med.get("lanmirror"), med.get("direct"))
         w("| cold miss within %d%% of direct | %s (%s) |" % (COLD_TOL * 100, verdict(summary["cold"].get("pass")), f_x(cr)))
     w("")
+    if noisy_cells:
+        problems.append("† the machine was already busy with other processes (CPU % in brackets) when "
+                        "these measurements started, after the wait budget ran out — treat them as noisy: "
+                        + ", ".join(noisy_cells))
     if problems:
         w("### Problems seen during the run")
         w("")
