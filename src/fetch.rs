@@ -199,7 +199,9 @@ impl Fetcher {
                 }
                 Ok(Finished::NotModified) => Phase::NotModified,
                 Err(e) => {
-                    if !e.is_not_found() {
+                    if matches!(e, FetchError::Upstream(UpstreamError::Offline)) {
+                        tracing::debug!(repo = %item.repo, path = %item.path, "upstream offline; not tried");
+                    } else if !e.is_not_found() {
                         Stats::inc(&me.stats.upstream_errors);
                         tracing::warn!(repo = %item.repo, path = %item.path, error = %e, "fetch failed; clients of this transfer got an error");
                     }
@@ -515,7 +517,12 @@ impl Transfer {
             loop {
                 let phase = st.rx.borrow_and_update().clone();
                 let avail = match &phase {
-                    Phase::Streaming { written, .. } => Some(*written),
+                    // The last byte is held back until the transfer is verified, so a
+                    // failed check can never look like a complete answer.
+                    Phase::Streaming { written, total } => Some(match total {
+                        Some(t) => (*written).min(t.saturating_sub(1)),
+                        None => *written,
+                    }),
                     Phase::Done(d) => Some(d.size),
                     Phase::Failed(e) => {
                         return Some((Err(io::Error::other(e.to_string())), None));

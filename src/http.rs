@@ -84,7 +84,7 @@ impl ServeError {
                 StatusCode::INSUFFICIENT_STORAGE
             }
             ServeError::Fetch(FetchError::Upstream(UpstreamError::Offline)) => {
-                StatusCode::SERVICE_UNAVAILABLE
+                StatusCode::GATEWAY_TIMEOUT
             }
             ServeError::Fetch(_) | ServeError::Snapshot(_) => StatusCode::BAD_GATEWAY,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -162,7 +162,11 @@ impl Snapshots {
     }
 
     fn note_failure(&self, key: &str, e: SnapshotError) {
-        if !e.is_not_found() {
+        let offline = matches!(
+            &e,
+            SnapshotError::Fetch { source: FetchError::Upstream(crate::upstream::UpstreamError::Offline), .. }
+        );
+        if !e.is_not_found() && !offline {
             tracing::warn!(tree = key, error = %e, "metadata refresh failed; the previous snapshot (if any) stays in service");
         }
         if let Ok(mut f) = self.failed.lock() {

@@ -60,7 +60,7 @@ pub struct Ask {
 /// An open upstream answer.
 pub enum Opened {
     NotModified,
-    Body(Body),
+    Body(Box<Body>),
 }
 
 pub struct Body {
@@ -229,6 +229,9 @@ impl Upstream {
             .repos
             .get(repo)
             .ok_or_else(|| UpstreamError::UnknownRepo(repo.into()))?;
+        if self.is_offline(repo) {
+            return Err(UpstreamError::Offline);
+        }
         let bases = self.bases(rc).await;
         let mut not_found = 0usize;
         let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
@@ -338,14 +341,14 @@ impl Upstream {
         } else {
             (false, len)
         };
-        Ok(Opened::Body(Body {
+        Ok(Opened::Body(Box::new(Body {
             response: resp,
             resumed,
             total,
             etag,
             last_modified,
             url: url.to_string(),
-        }))
+        })))
     }
 }
 

@@ -563,3 +563,90 @@ fn node_config_renders_valid_toml() {
     assert_ne!(a, b);
     assert!(TcpListener::bind(("127.0.0.1", a)).is_ok());
 }
+
+/// A stand-in for `lanmirror` (python3 ships with dnf) so the `Node` helper
+/// can be tested before and independently of the real node.
+const FAKE_NODE: &str = r#"#!/usr/bin/env python3
+import http.server, json, os, re, signal, sys
+mode, cfg = sys.argv[1], sys.argv[3]
+text = open(cfg).read()
+listen = re.search(r'^http_listen = "([^"]+)"', text, re.M).group(1)
+data = re.search(r'^data_dir = "([^"]+)"', text, re.M).group(1)
+if mode == "verify":
+    if os.path.exists(os.path.join(data, "CORRUPT")):
+        print("bad blob: CORRUPT"); sys.exit(1)
+    print("all good"); sys.exit(0)
+if os.environ.get("FAKE_FAIL"):
+    print("fake node: refusing to start", file=sys.stderr, flush=True); sys.exit(3)
+print("fake node starting on", listen, file=sys.stderr, flush=True)
+d = os.path.join(data, "blobs", "ab"); os.makedirs(d, exist_ok=True)
+open(os.path.join(d, "ab" + "0" * 62), "w").write("x")
+open(os.path.join(d, "not-a-blob"), "w").write("x")
+def term(*_):
+    print("fake node: got SIGTERM", file=sys.stderr, flush=True); os._exit(0)
+signal.signal(signal.SIGTERM, term)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"ok": True, "pid": os.getpid()}).encode() if self.path == "/api/status" else b"nope"
+        self.send_response(200 if self.path == "/api/status" else 404)
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+host, port = listen.rsplit(":", 1)
+http.server.ThreadingHTTPServer((host, int(port)), H).serve_forever()
+"#;
+
+#[test]
+fn node_helper_drives_a_stand_in_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tmp();
+    let bin = t.path().join("fake-lanmirror");
+    std::fs::write(&bin, FAKE_NODE).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut opts = NodeOpts::new("http://127.0.0.1:9/");
+    opts.bin = Some(bin.clone());
+    opts.base_dir = Some(t.path().join("node"));
+    let mut node = Node::start(opts.clone());
+    assert_eq!(node.data_dir(), t.path().join("node/data"));
+    assert_eq!(node.log_path(), t.path().join("node/node.log"));
+    assert!(node.is_running());
+    let st = node.status_json();
+    assert_eq!(st["ok"], true);
+    let pid1 = node.pid().unwrap();
+    assert_eq!(st["pid"], pid1);
+    assert_eq!(node.get("/test/x").status, 404);
+    assert_eq!(node.repo_url("test"), format!("{}/test/", node.url()));
+    let blobs = node.blob_files();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert!(node.log().contains("fake node starting"));
+
+    node.kill9();
+    assert!(!node.is_running());
+    let err = try_http_request("GET", &node.url(), &[], Duration::from_secs(2)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    node.start_again();
+    assert_ne!(node.pid().unwrap(), pid1);
+    node.restart();
+    assert!(node.log().contains("fake node: got SIGTERM"));
+    assert_eq!(node.log().matches("===== test kit: start #").count(), 3);
+    assert!(node.log_tail(2).contains("fake node starting"));
+
+    assert_eq!(node.verify(), (true, "all good\n".to_string()));
+    std::fs::write(node.data_dir().join("CORRUPT"), b"").unwrap();
+    let (ok, report) = node.verify();
+    assert!(!ok && report.contains("bad blob"), "{report}");
+    assert!(node.stop().unwrap().success());
+    assert!(node.stop().is_none());
+    drop(node);
+
+    // A node that dies during startup fails fast with its log in the message.
+    let mut bad = opts;
+    bad.base_dir = Some(t.path().join("bad"));
+    bad.env.push(("FAKE_FAIL".into(), "1".into()));
+    let start = Instant::now();
+    let err = std::panic::catch_unwind(|| Node::start(bad)).unwrap_err();
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("node exited during startup"), "{msg}");
+    assert!(msg.contains("refusing to start"), "{msg}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+}

@@ -382,6 +382,12 @@ def main():
           meta.get("origin_requests_after_warm"), files_warmed, len([c for c in contestants if c != "nginx"]),
           int(files_warmed) * len([c for c in contestants if c != "nginx"]) if files_warmed.isdigit() else "?",
           meta.get("origin_requests_total")))
+    hc = {r[0]: r[1] for r in read_tsv(os.path.join(run, "hitcheck.tsv")) if len(r) >= 2}
+    w("- Second GET of every file right after warm-up, origin requests it caused: " +
+      ", ".join("%s %s" % (NAME[c], hc.get(c, "?")) for c in contestants if c != "nginx") + " (must be 0).")
+    for c in contestants:
+        if c != "nginx" and hc.get(c, "0") != "0":
+            problems.append("%s: the second GET after warm-up still went to the origin (%s requests)" % (NAME[c], hc.get(c)))
     during = {}
     for (c, s, n), v in hits.items():
         during[c] = during.get(c, 0) + v

@@ -80,6 +80,8 @@ pub struct NodeOpts {
     pub base_dir: Option<PathBuf>,
     /// Appended verbatim to the config.
     pub extra_toml: String,
+    /// Program to run instead of [`node_bin`] (e.g. a stand-in script).
+    pub bin: Option<PathBuf>,
     /// Extra environment for the node process (RUST_LOG defaults to
     /// `info,lanmirror=debug` unless set here or in the test's environment).
     pub env: Vec<(String, String)>,
@@ -99,6 +101,7 @@ impl Default for NodeOpts {
             http_port: None,
             base_dir: None,
             extra_toml: String::new(),
+            bin: None,
             env: Vec::new(),
         }
     }
@@ -227,7 +230,8 @@ impl Node {
                 .as_secs_f64()
         )
         .unwrap();
-        let mut cmd = Command::new(node_bin());
+        let bin = self.bin();
+        let mut cmd = Command::new(&bin);
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -242,9 +246,13 @@ impl Node {
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", node_bin().display()));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         self.child = Some(child);
         self.wait_ready();
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.opts.bin.clone().unwrap_or_else(node_bin)
     }
 
     /// Polls `/api/status` every 50 ms for up to [`READY_TIMEOUT`].
@@ -388,7 +396,7 @@ impl Node {
 
     /// Runs `lanmirror verify --config FILE`: (exit code 0, stdout + stderr).
     pub fn verify(&self) -> (bool, String) {
-        let mut cmd = Command::new(node_bin());
+        let mut cmd = Command::new(self.bin());
         cmd.arg("verify")
             .arg("--config")
             .arg(self.config_path())
