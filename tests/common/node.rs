@@ -167,6 +167,7 @@ fn toml_str(s: &str) -> String {
 }
 
 /// A running (or stopped) `lanmirror serve` process.
+#[derive(Debug)]
 pub struct Node {
     child: Option<Child>,
     opts: NodeOpts,

@@ -1,0 +1,285 @@
+//! What goes wrong in the field, made to happen: a node killed mid-download, upstreams that cut
+//! bodies, answer 503, lie about content or serve a captive portal, a blob rotting on disk.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn partial_bytes(node: &Node) -> u64 {
+    std::fs::read_dir(node.data_dir().join("partial"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `kill -9` in the middle of a slow download; after a restart the download resumes with a
+/// Range request, dnf installs a correct package and `lanmirror verify` passes.
+#[test]
+fn kill9_mid_download_then_restart_resumes_and_verifies() {
+    let dir = temp();
+    let spec = PkgSpec::new("lm-big", "1.0", 6 << 20);
+    let repo = RpmRepo::create(&dir.path().join("mirror"), std::slice::from_ref(&spec));
+    let up = Upstream::start(repo.dir());
+    let mut node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+
+    up.throttle(Some(1 << 20));
+    let url = format!("{}/test/Packages/{}", node.url(), spec.file_name());
+    let client = std::thread::spawn(move || http_get(&url, &[]));
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(50), || partial_bytes(&node) > 1 << 20),
+        "download never got going"
+    );
+    node.kill9();
+    let cut = client.join().unwrap();
+    assert!(!cut.complete, "a killed node cannot have completed the answer");
+    let kept = partial_bytes(&node);
+    assert!(kept > 1 << 20, "partial download kept across the crash: {kept}");
+
+    up.throttle(None);
+    up.clear_log();
+    node.restart();
+    let c = Dnf::new(&dir.path().join("c"), &node.repo_url("test"));
+    c.install(&["lm-big"]).assert_success();
+    assert_eq!(c.payload_size("lm-big"), Some(6 << 20));
+    let resumed: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(".rpm"))
+        .collect();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    let range = resumed[0].range.clone().expect("resumed with a Range request");
+    let from: u64 = range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert!(from >= 1 << 20, "resumed from {from}");
+    assert!(resumed[0].if_range.is_some(), "If-Range guards the resume");
+    assert_eq!(partial_bytes(&node), 0, "partial file consumed");
+
+    node.stop();
+    let (ok, report) = node.verify();
+    assert!(ok, "verify after crash and resume: {report}");
+}
+
+/// An upstream that drops the connection mid-body, twice: clients still get complete,
+/// correct packages.
+#[test]
+fn bodies_cut_midway_still_give_complete_packages() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[
+            PkgSpec::new("lm-cut-a", "1.0", 1 << 20),
+            PkgSpec::new("lm-cut-b", "1.0", 1 << 20),
+        ],
+    );
+    let up = Upstream::start(repo.dir());
+    up.cut_after(".rpm", 300_000, 3);
+    let node = Node::start(NodeOpts::new(&up.url()));
+    let c = Dnf::new(&dir.path().join("c"), &node.repo_url("test"));
+    c.install(&["lm-cut-a", "lm-cut-b"]).assert_success();
+    assert_eq!(c.payload_size("lm-cut-a"), Some(1 << 20));
+    assert_eq!(c.payload_size("lm-cut-b"), Some(1 << 20));
+    let ranged = up
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(".rpm") && r.range.is_some())
+        .count();
+    assert!(ranged >= 3, "cuts were resumed with Range: {:?}", up.requests());
+    // And a direct download matches upstream byte for byte.
+    let p = repo.package("lm-cut-b");
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+}
+
+/// A blob corrupted on disk (same size, other bytes) is found by `verify`, removed, and
+/// fetched again on the next request.
+#[test]
+fn corrupted_blob_is_detected_by_verify_and_refetched() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-rot", "1.0", 500_000)],
+    );
+    let p = repo.package("lm-rot");
+    let up = Upstream::start(repo.dir());
+    let mut node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    assert_eq!(node.get(&format!("/test/{}", p.rel_path)).status, 200);
+    node.stop();
+    let (ok, report) = node.verify();
+    assert!(ok, "{report}");
+
+    let blob = node
+        .blob_files()
+        .into_iter()
+        .find(|f| std::fs::metadata(f).unwrap().len() == p.size)
+        .expect("the package's blob");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[1000] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let (ok, report) = node.verify();
+    assert!(!ok, "verify must fail on a corrupted blob: {report}");
+    assert!(report.contains("BAD"), "{report}");
+    assert!(!blob.exists(), "bad blob removed");
+    let (ok, report) = node.verify();
+    assert!(ok, "second verify is clean: {report}");
+
+    node.restart();
+    up.clear_log();
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    assert_eq!(up.count(&p.file_name), 1, "fetched again after verify removed it");
+}
+
+/// Upstream sends bytes that do not match primary.xml: the client's transfer is aborted (never
+/// a clean end), nothing is stored, and the next request tries upstream again.
+#[test]
+fn lying_upstream_aborts_the_client_and_stores_nothing() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-liar", "1.0", 700_000)],
+    );
+    let p = repo.package("lm-liar");
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    // Same size, RPM magic intact, different bytes.
+    let mut bytes = std::fs::read(&p.path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&p.path, &bytes).unwrap();
+    let blobs_before = node.blob_files().len();
+
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert!(
+        !(r.status == 200 && r.complete),
+        "a body failing verification must not end cleanly (status {}, {} bytes)",
+        r.status,
+        r.body.len()
+    );
+    assert_eq!(node.blob_files().len(), blobs_before, "nothing stored");
+    let st = node.status_json();
+    assert_eq!(st["verify_failures"], 1, "{st}");
+    assert!(node.log().contains("verification failed"));
+    // Not cached as a failure either: the next request goes upstream again.
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert!(!(r.status == 200 && r.complete));
+    assert_eq!(up.count(&p.file_name), 2);
+}
+
+/// A captive portal answering 200 text/html for packages and metadata is refused and never
+/// stored; once it goes away, the real files come through.
+#[test]
+fn captive_portal_html_is_refused_and_never_stored() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-portal", "1.0", 100_000)],
+    );
+    let p = repo.package("lm-portal");
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts::new(&up.url()));
+    up.serve_html("/", true);
+    let r = node.get("/test/repodata/repomd.xml");
+    assert_ne!(r.status, 200, "portal page served as repomd.xml: {}", r.text());
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_ne!(r.status, 200, "portal page served as a package");
+    assert!(node.blob_files().is_empty(), "{:?}", node.blob_files());
+    assert!(node.log().contains("captive portal"));
+
+    up.serve_html("/", false);
+    // The failed metadata refresh is not retried within the freshness window (2 s).
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+}
+
+/// 503s are retried; a 404 upstream is a 404 to the client and is not cached as content.
+#[test]
+fn upstream_503_is_retried_and_404_passes_through() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-flaky", "1.0", 100_000)],
+    );
+    let p = repo.package("lm-flaky");
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts::new(&up.url()));
+    up.fail_503(".rpm", 2);
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    assert_eq!(up.count(&p.file_name), 3);
+
+    let r = node.get("/test/Packages/not-there-1.0-1.noarch.rpm");
+    assert_eq!(r.status, 404);
+    std::fs::copy(&p.path, repo.dir().join("Packages/not-there-1.0-1.noarch.rpm")).unwrap();
+    let r = node.get("/test/Packages/not-there-1.0-1.noarch.rpm");
+    assert_eq!(r.status, 200, "a 404 is not remembered");
+}
+
+/// The first bytes reach the client while the upstream transfer is still running (streaming,
+/// not store-then-forward), and a client that hangs up does not cancel the transfer.
+#[test]
+fn misses_stream_and_survive_client_disconnect() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-stream", "1.0", 3 << 20)],
+    );
+    let p = repo.package("lm-stream");
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    up.throttle(Some(1 << 20));
+
+    let mut s = TcpStream::connect(("127.0.0.1", node.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /test/{} HTTP/1.1\r\nhost: x\r\n\r\n", p.rel_path).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while got.len() < 300_000 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let st = node.status_json();
+    assert_eq!(
+        st["in_flight_transfers"], 1,
+        "bytes arrived while the upstream transfer was still running: {st}"
+    );
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    drop(s);
+
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            node.status_json()["in_flight_transfers"] == 0
+        }),
+        "transfer did not finish"
+    );
+    up.throttle(None);
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    assert_eq!(up.count(&p.file_name), 1, "the disconnect did not cancel the transfer");
+}
