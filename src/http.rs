@@ -75,6 +75,7 @@ pub enum ServeError {
 impl ServeError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ServeError::BadPath(PathError::Empty) => StatusCode::NOT_FOUND,
             ServeError::BadPath(_) => StatusCode::BAD_REQUEST,
             ServeError::NotFound => StatusCode::NOT_FOUND,
             ServeError::Method => StatusCode::METHOD_NOT_ALLOWED,
