@@ -164,7 +164,10 @@ impl Snapshots {
     fn note_failure(&self, key: &str, e: SnapshotError) {
         let offline = matches!(
             &e,
-            SnapshotError::Fetch { source: FetchError::Upstream(crate::upstream::UpstreamError::Offline), .. }
+            SnapshotError::Fetch {
+                source: FetchError::Upstream(crate::upstream::UpstreamError::Offline),
+                ..
+            }
         );
         if !e.is_not_found() && !offline {
             tracing::warn!(tree = key, error = %e, "metadata refresh failed; the previous snapshot (if any) stays in service");

@@ -35,6 +35,8 @@ pub enum UpstreamError {
     Html,
     #[error("upstream answered {0}")]
     Status(u16),
+    #[error("upstream is failing: {0}")]
+    Busy(String),
     #[error("upstream for this repo failed recently; retrying after a back-off")]
     Offline,
 }
@@ -82,6 +84,8 @@ pub struct Upstream {
     /// Mirrors resolved from mirrorlists, per repo, fetched once.
     mirrorlists: tokio::sync::Mutex<HashMap<String, Vec<String>>>,
     offline_since: Mutex<HashMap<String, Instant>>,
+    /// Mirror base URLs that were unreachable, and since when.
+    mirror_down: Mutex<HashMap<String, Instant>>,
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
@@ -153,6 +157,7 @@ impl Upstream {
                 .collect(),
             mirrorlists: tokio::sync::Mutex::new(HashMap::new()),
             offline_since: Mutex::new(HashMap::new()),
+            mirror_down: Mutex::new(HashMap::new()),
         })
     }
 
@@ -232,11 +237,17 @@ impl Upstream {
         if self.is_offline(repo) {
             return Err(UpstreamError::Offline);
         }
-        let bases = self.bases(rc).await;
-        let mut not_found = 0usize;
+        let mut bases = self.bases(rc).await;
+        // Mirrors that failed recently go last: still tried, but after the healthy ones.
+        if let Ok(down) = self.mirror_down.lock() {
+            bases.sort_by_key(|b| down.get(b).is_some_and(|t| t.elapsed() < OFFLINE_BACKOFF));
+        }
+        let mut not_found = false;
+        let mut answered = false;
         let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
         for base in &bases {
             let url = join_url(base, path.as_str());
+            let mut reachable = false;
             for attempt in 0..=self.cfg.retries {
                 if attempt > 0 {
                     let backoff = Duration::from_millis(250u64 << (attempt - 1).min(5));
@@ -245,32 +256,54 @@ impl Upstream {
                 match self.try_once(&url, path, ask).await {
                     Ok(o) => {
                         self.mark(repo, true);
+                        self.mark_mirror(base, true);
                         return Ok(o);
                     }
                     Err(UpstreamError::NotFound) => {
-                        not_found += 1;
+                        not_found = true;
+                        reachable = true;
                         break;
                     }
-                    Err(e @ UpstreamError::Html) => {
-                        tracing::warn!(%url, "upstream answered an HTML page instead of the file (captive portal?); trying the next mirror");
+                    Err(e @ (UpstreamError::Html | UpstreamError::Status(_))) => {
+                        if matches!(e, UpstreamError::Html) {
+                            tracing::warn!(%url, "upstream answered an HTML page instead of the file (captive portal?); trying the next mirror");
+                        }
+                        reachable = true;
                         last_err = e;
                         break;
                     }
                     Err(e) => {
+                        reachable |= matches!(e, UpstreamError::Busy(_));
                         tracing::debug!(%url, attempt, error = %e, "upstream attempt failed");
                         last_err = e;
                     }
                 }
             }
+            answered |= reachable;
+            self.mark_mirror(base, reachable);
         }
-        if not_found == bases.len() && !bases.is_empty() {
+        if not_found {
+            // Every mirror that could answer said the file does not exist.
             self.mark(repo, true);
             return Err(UpstreamError::NotFound);
         }
-        if matches!(last_err, UpstreamError::Unreachable(_)) {
-            self.mark(repo, false);
-        }
+        // Offline only when no mirror answered at all (the uplink, not one mirror).
+        self.mark(repo, answered);
         Err(last_err)
+    }
+
+    fn mark_mirror(&self, base: &str, ok: bool) {
+        let Ok(mut down) = self.mirror_down.lock() else {
+            return;
+        };
+        if ok {
+            down.remove(base);
+        } else if down.insert(base.to_string(), Instant::now()).is_none() {
+            tracing::info!(
+                mirror = base,
+                "mirror unreachable; trying it after the others for a while"
+            );
+        }
     }
 
     async fn try_once(
@@ -316,7 +349,7 @@ impl Upstream {
             StatusCode::NOT_FOUND | StatusCode::GONE => return Err(UpstreamError::NotFound),
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {}
             s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                return Err(UpstreamError::Unreachable(format!("{url}: {s}")));
+                return Err(UpstreamError::Busy(format!("{url}: {s}")));
             }
             s => return Err(UpstreamError::Status(s.as_u16())),
         }

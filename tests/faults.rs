@@ -40,14 +40,24 @@ fn kill9_mid_download_then_restart_resumes_and_verifies() {
     let url = format!("{}/test/Packages/{}", node.url(), spec.file_name());
     let client = std::thread::spawn(move || http_get(&url, &[]));
     assert!(
-        wait_until(Duration::from_secs(20), Duration::from_millis(50), || partial_bytes(&node) > 1 << 20),
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || partial_bytes(&node) > 1 << 20
+        ),
         "download never got going"
     );
     node.kill9();
     let cut = client.join().unwrap();
-    assert!(!cut.complete, "a killed node cannot have completed the answer");
+    assert!(
+        !cut.complete,
+        "a killed node cannot have completed the answer"
+    );
     let kept = partial_bytes(&node);
-    assert!(kept > 1 << 20, "partial download kept across the crash: {kept}");
+    assert!(
+        kept > 1 << 20,
+        "partial download kept across the crash: {kept}"
+    );
 
     up.throttle(None);
     up.clear_log();
@@ -61,7 +71,10 @@ fn kill9_mid_download_then_restart_resumes_and_verifies() {
         .filter(|r| r.path.ends_with(".rpm"))
         .collect();
     assert_eq!(resumed.len(), 1, "{resumed:?}");
-    let range = resumed[0].range.clone().expect("resumed with a Range request");
+    let range = resumed[0]
+        .range
+        .clone()
+        .expect("resumed with a Range request");
     let from: u64 = range
         .trim_start_matches("bytes=")
         .trim_end_matches('-')
@@ -100,7 +113,11 @@ fn bodies_cut_midway_still_give_complete_packages() {
         .iter()
         .filter(|r| r.path.ends_with(".rpm") && r.range.is_some())
         .count();
-    assert!(ranged >= 3, "cuts were resumed with Range: {:?}", up.requests());
+    assert!(
+        ranged >= 3,
+        "cuts were resumed with Range: {:?}",
+        up.requests()
+    );
     // And a direct download matches upstream byte for byte.
     let p = repo.package("lm-cut-b");
     let r = node.get(&format!("/test/{}", p.rel_path));
@@ -145,7 +162,11 @@ fn corrupted_blob_is_detected_by_verify_and_refetched() {
     let r = node.get(&format!("/test/{}", p.rel_path));
     assert_eq!(r.status, 200);
     assert_eq!(sha256_hex(&r.body), p.sha256_hex);
-    assert_eq!(up.count(&p.file_name), 1, "fetched again after verify removed it");
+    assert_eq!(
+        up.count(&p.file_name),
+        1,
+        "fetched again after verify removed it"
+    );
 }
 
 /// Upstream sends bytes that do not match primary.xml: the client's transfer is aborted (never
@@ -199,7 +220,12 @@ fn captive_portal_html_is_refused_and_never_stored() {
     let node = Node::start(NodeOpts::new(&up.url()));
     up.serve_html("/", true);
     let r = node.get("/test/repodata/repomd.xml");
-    assert_ne!(r.status, 200, "portal page served as repomd.xml: {}", r.text());
+    assert_ne!(
+        r.status,
+        200,
+        "portal page served as repomd.xml: {}",
+        r.text()
+    );
     let r = node.get(&format!("/test/{}", p.rel_path));
     assert_ne!(r.status, 200, "portal page served as a package");
     assert!(node.blob_files().is_empty(), "{:?}", node.blob_files());
@@ -233,7 +259,11 @@ fn upstream_503_is_retried_and_404_passes_through() {
 
     let r = node.get("/test/Packages/not-there-1.0-1.noarch.rpm");
     assert_eq!(r.status, 404);
-    std::fs::copy(&p.path, repo.dir().join("Packages/not-there-1.0-1.noarch.rpm")).unwrap();
+    std::fs::copy(
+        &p.path,
+        repo.dir().join("Packages/not-there-1.0-1.noarch.rpm"),
+    )
+    .unwrap();
     let r = node.get("/test/Packages/not-there-1.0-1.noarch.rpm");
     assert_eq!(r.status, 200, "a 404 is not remembered");
 }
@@ -281,5 +311,9 @@ fn misses_stream_and_survive_client_disconnect() {
     let r = node.get(&format!("/test/{}", p.rel_path));
     assert_eq!(r.status, 200);
     assert_eq!(sha256_hex(&r.body), p.sha256_hex);
-    assert_eq!(up.count(&p.file_name), 1, "the disconnect did not cancel the transfer");
+    assert_eq!(
+        up.count(&p.file_name),
+        1,
+        "the disconnect did not cancel the transfer"
+    );
 }

@@ -72,10 +72,17 @@ fn whole_ranged_multipart_and_unsatisfiable_answers() {
 
     let r = s.node.get_with(&path, &[("Range", "bytes=100-199")]);
     assert_eq!(r.status, 206);
-    assert_eq!(r.header("content-range"), Some(&*format!("bytes 100-199/{}", p.size)));
+    assert_eq!(
+        r.header("content-range"),
+        Some(&*format!("bytes 100-199/{}", p.size))
+    );
     assert_eq!(r.body, &whole[100..200]);
     // librepo must not see a capitalised Content-Length on a 206 (see notes/dnf-protocol.md).
-    assert!(r.headers.iter().any(|(k, _)| k == "content-length"), "{:?}", r.headers);
+    assert!(
+        r.headers.iter().any(|(k, _)| k == "content-length"),
+        "{:?}",
+        r.headers
+    );
 
     let r = s.node.get_with(&path, &[("Range", "bytes=-10")]);
     assert_eq!(r.body, &whole[whole.len() - 10..]);
@@ -86,17 +93,28 @@ fn whole_ranged_multipart_and_unsatisfiable_answers() {
     let boundary = ct.split("boundary=").nth(1).expect("multipart boundary");
     assert_eq!(r.content_length(), Some(r.body.len() as u64));
     let text = String::from_utf8_lossy(&r.body).into_owned();
-    assert_eq!(text.matches(&format!("--{boundary}")).count(), 3, "two parts and a close");
+    assert_eq!(
+        text.matches(&format!("--{boundary}")).count(),
+        3,
+        "two parts and a close"
+    );
     assert!(text.contains(&format!("bytes 1000-1009/{}", p.size)));
     let at = r.body.windows(4).rposition(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(&r.body[at..at + 10], &whole[1000..1010]);
 
-    let r = s.node.get_with(&path, &[("Range", &format!("bytes={}-", p.size + 5))]);
+    let r = s
+        .node
+        .get_with(&path, &[("Range", &format!("bytes={}-", p.size + 5))]);
     assert_eq!(r.status, 416);
-    assert_eq!(r.header("content-range"), Some(&*format!("bytes */{}", p.size)));
+    assert_eq!(
+        r.header("content-range"),
+        Some(&*format!("bytes */{}", p.size))
+    );
 
     // If-Range with a stale validator: the whole file.
-    let r = s.node.get_with(&path, &[("Range", "bytes=0-9"), ("If-Range", "\"old\"")]);
+    let r = s
+        .node
+        .get_with(&path, &[("Range", "bytes=0-9"), ("If-Range", "\"old\"")]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len() as u64, p.size);
 }
@@ -106,7 +124,12 @@ fn head_and_conditional_requests() {
     let s = site();
     let p = s.repo.package("lm-http");
     let path = format!("/test/{}", p.rel_path);
-    let r = http_request("HEAD", &format!("{}{path}", s.node.url()), &[], Duration::from_secs(10));
+    let r = http_request(
+        "HEAD",
+        &format!("{}{path}", s.node.url()),
+        &[],
+        Duration::from_secs(10),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.content_length(), Some(p.size));
     assert!(r.body.is_empty());
@@ -116,9 +139,18 @@ fn head_and_conditional_requests() {
     let lm = r.header("last-modified").unwrap().to_string();
     // dnf never sends conditionals: a plain GET is never 304.
     assert_eq!(s.node.get(&path).status, 200);
-    assert_eq!(s.node.get_with(&path, &[("If-None-Match", &etag)]).status, 304);
-    assert_eq!(s.node.get_with(&path, &[("If-Modified-Since", &lm)]).status, 304);
-    assert_eq!(s.node.get_with(&path, &[("If-None-Match", "\"x\"")]).status, 200);
+    assert_eq!(
+        s.node.get_with(&path, &[("If-None-Match", &etag)]).status,
+        304
+    );
+    assert_eq!(
+        s.node.get_with(&path, &[("If-Modified-Since", &lm)]).status,
+        304
+    );
+    assert_eq!(
+        s.node.get_with(&path, &[("If-None-Match", "\"x\"")]).status,
+        200
+    );
     let r = s.node.get("/test/repodata/repomd.xml");
     assert_eq!(r.status, 200);
     assert!(r.text().contains("<repomd"));
@@ -143,15 +175,32 @@ fn paths_leaving_the_repo_are_refused_before_any_io() {
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.1 400"), "{bad}: {text}");
     }
-    assert!(s.up.requests().is_empty(), "nothing went upstream: {:?}", s.up.requests());
+    assert!(
+        s.up.requests().is_empty(),
+        "nothing went upstream: {:?}",
+        s.up.requests()
+    );
     for missing in ["/other/x.rpm", "/", "/test/"] {
         let r = s.node.get(missing);
-        assert!(r.status == 404 || (missing == "/" && r.status == 200), "{missing}: {}", r.status);
+        assert!(
+            r.status == 404 || (missing == "/" && r.status == 200),
+            "{missing}: {}",
+            r.status
+        );
     }
-    let r = http_request("POST", &format!("{}/test/x.rpm", s.node.url()), &[], Duration::from_secs(5));
+    let r = http_request(
+        "POST",
+        &format!("{}/test/x.rpm", s.node.url()),
+        &[],
+        Duration::from_secs(5),
+    );
     assert_eq!(r.status, 405);
     // An absolute-form target (forward-proxy style) is not proxied anywhere.
-    let out = raw(s.node.port(), b"GET http://127.0.0.1:1/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", 1 << 16);
+    let out = raw(
+        s.node.port(),
+        b"GET http://127.0.0.1:1/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        1 << 16,
+    );
     assert!(!String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
     assert!(s.up.requests().is_empty());
 }
@@ -160,9 +209,17 @@ fn paths_leaving_the_repo_are_refused_before_any_io() {
 fn oversized_heads_are_refused_and_keep_alive_works() {
     let s = site();
     let p = s.repo.package("lm-http");
-    let huge = format!("GET /test/{} HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", p.rel_path, "a".repeat(40_000));
+    let huge = format!(
+        "GET /test/{} HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n",
+        p.rel_path,
+        "a".repeat(40_000)
+    );
     let out = raw(s.node.port(), huge.as_bytes(), 1 << 16);
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     // Three pipelined requests on one connection: three answers.
     let one = format!("HEAD /test/{} HTTP/1.1\r\nhost: x\r\n\r\n", p.rel_path);
     let req = format!("{one}{one}GET /api/status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
@@ -180,15 +237,27 @@ fn status_and_metrics_report_the_work() {
     let st = s.node.status_json();
     assert!(st["hits"].as_u64().unwrap() >= 1, "{st}");
     assert!(st["misses"].as_u64().unwrap() >= 2, "{st}");
-    assert!(st["bytes_fetched_upstream"].as_u64().unwrap() >= p.size, "{st}");
+    assert!(
+        st["bytes_fetched_upstream"].as_u64().unwrap() >= p.size,
+        "{st}"
+    );
     assert!(st["bytes_served"].as_u64().unwrap() >= 2 * p.size, "{st}");
     assert_eq!(st["in_flight_transfers"], 0);
     let snap = &st["repos"][0]["snapshots"][0];
-    assert!(snap["revision"].is_string() && snap["age_secs"].is_u64(), "{st}");
+    assert!(
+        snap["revision"].is_string() && snap["age_secs"].is_u64(),
+        "{st}"
+    );
     let m = s.node.get("/metrics");
     assert_eq!(m.status, 200);
     let text = m.text();
     assert!(text.contains("# TYPE lanmirror_hits_total counter"));
-    assert!(text.lines().any(|l| l.starts_with("lanmirror_upstream_bytes_total ") && !l.ends_with(" 0")));
-    assert!(text.contains("lanmirror_snapshot_age_seconds{tree=\"test/\"}"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lanmirror_upstream_bytes_total ") && !l.ends_with(" 0"))
+    );
+    assert!(
+        text.contains("lanmirror_snapshot_age_seconds{tree=\"test/\"}"),
+        "{text}"
+    );
 }

@@ -71,7 +71,8 @@ fn cold_warm_and_offline_installs() {
     assert_eq!(node.get("/api/status").status, 200);
     let log = node.log();
     assert_eq!(
-        log.matches("upstream unreachable: serving what is stored").count(),
+        log.matches("upstream unreachable: serving what is stored")
+            .count(),
         1,
         "offline is logged once per repo, not per request:\n{log}"
     );
