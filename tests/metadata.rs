@@ -1,0 +1,158 @@
+//! Metadata freshness and snapshots: one upstream check per window however many clients ask,
+//! every referenced file stored before a snapshot is served, in-place files revalidated with
+//! conditional requests.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn repomd_gets(up: &Upstream) -> usize {
+    up.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/repomd.xml"))
+        .count()
+}
+
+/// A burst of clients after the freshness window ran out: one upstream check.
+#[test]
+fn a_burst_of_clients_triggers_one_upstream_check() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-b", "1.0", 50_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    assert_eq!(repomd_gets(&up), 1);
+    // Inside the window: no upstream traffic at all.
+    for _ in 0..10 {
+        assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    }
+    assert_eq!(repomd_gets(&up), 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    up.delay_headers("repomd.xml", Some(Duration::from_millis(300)));
+    up.clear_log();
+    let url = format!("{}/test/repodata/repomd.xml", node.url());
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| http_get(&url, &[]).status))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(repomd_gets(&up), 1, "{:?}", up.requests());
+    let check = &up.requests()[0];
+    assert!(
+        check.if_none_match.is_some() || check.if_modified_since.is_some(),
+        "the check is a conditional request: {check:?}"
+    );
+    assert_eq!(check.status, 304);
+}
+
+/// updateinfo, group (comps) and modules records are fetched and verified with the snapshot,
+/// before any client asks for them.
+#[test]
+fn snapshot_holds_updateinfo_group_and_modules() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-u", "1.0", 50_000)],
+    );
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    let files = [
+        (
+            "updateinfo.xml",
+            "updateinfo",
+            "<?xml version=\"1.0\"?>\n<updates><update from=\"t\" status=\"stable\" type=\"security\" version=\"1\"><id>LM-1</id><title>t</title><issued date=\"2026-01-01 00:00:00\"/><description>d</description><pkglist/></update></updates>\n",
+        ),
+        (
+            "comps.xml",
+            "group",
+            "<?xml version=\"1.0\"?>\n<comps><group><id>lm</id><name>lm</name><description>d</description><packagelist><packagereq>lm-u</packagereq></packagelist></group></comps>\n",
+        ),
+        (
+            "modules.yaml",
+            "modules",
+            "---\ndocument: modulemd-defaults\nversion: 1\ndata:\n  module: lm\n  stream: '1'\n...\n",
+        ),
+    ];
+    for (name, kind, body) in files {
+        let p = extra.join(name);
+        std::fs::write(&p, body).unwrap();
+        let st = Command::new("modifyrepo_c")
+            .arg(format!("--mdtype={kind}"))
+            .arg(&p)
+            .arg(repo.dir().join("repodata"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "modifyrepo_c {name}");
+    }
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts::new(&up.url()));
+    let r = node.get("/test/repodata/repomd.xml");
+    assert_eq!(r.status, 200);
+    for kind in ["updateinfo", "comps", "modules", "primary", "filelists"] {
+        assert_eq!(
+            up.count(kind),
+            1,
+            "{kind} fetched with the snapshot: {:?}",
+            up.requests()
+        );
+    }
+    up.set_down(true);
+    // With upstream gone, a real client still gets everything repomd.xml names.
+    let c = Dnf::new(&dir.path().join("c"), &node.repo_url("test"));
+    let out = c.run(&["updateinfo", "list", "--all"]);
+    out.assert_success();
+    c.run(&["group", "list"]).assert_success();
+}
+
+/// `RPM-GPG-KEY*`, `.treeinfo` and such change in place: served from the store inside the
+/// window, revalidated with a conditional request after it, replaced when upstream changed,
+/// and served stale when upstream is down.
+#[test]
+fn in_place_files_are_revalidated() {
+    let dir = temp();
+    let root = dir.path().join("mirror");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("RPM-GPG-KEY-lm"), "key one\n").unwrap();
+    let up = Upstream::start(&root);
+    let node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/RPM-GPG-KEY-lm").text(), "key one\n");
+    assert_eq!(node.get("/test/RPM-GPG-KEY-lm").text(), "key one\n");
+    assert_eq!(
+        up.count("RPM-GPG-KEY"),
+        1,
+        "second read inside the window is a hit"
+    );
+
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(node.get("/test/RPM-GPG-KEY-lm").text(), "key one\n");
+    let reqs = up.requests();
+    let last = reqs.last().unwrap();
+    assert!(
+        last.if_none_match.is_some() || last.if_modified_since.is_some(),
+        "{last:?}"
+    );
+    assert_eq!(last.status, 304);
+
+    std::thread::sleep(Duration::from_millis(1100)); // a new mtime second for the validator
+    std::fs::write(root.join("RPM-GPG-KEY-lm"), "key two, longer\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(node.get("/test/RPM-GPG-KEY-lm").text(), "key two, longer\n");
+
+    up.set_down(true);
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = node.get("/test/RPM-GPG-KEY-lm");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "key two, longer\n");
+}
