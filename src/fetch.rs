@@ -80,6 +80,18 @@ impl FetchError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, FetchError::Upstream(e) if e.is_not_found())
     }
+
+    /// Upstream could not be reached at all (already logged once per repo by `upstream`).
+    pub fn is_uplink_down(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Upstream(UpstreamError::Offline | UpstreamError::Unreachable(_))
+        )
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, FetchError::Store(m) if m.starts_with("disk full"))
+    }
 }
 
 impl From<StoreError> for FetchError {
@@ -199,8 +211,8 @@ impl Fetcher {
                 }
                 Ok(Finished::NotModified) => Phase::NotModified,
                 Err(e) => {
-                    if matches!(e, FetchError::Upstream(UpstreamError::Offline)) {
-                        tracing::debug!(repo = %item.repo, path = %item.path, "upstream offline; not tried");
+                    if e.is_uplink_down() {
+                        tracing::debug!(repo = %item.repo, path = %item.path, error = %e, "upstream unreachable");
                     } else if !e.is_not_found() {
                         Stats::inc(&me.stats.upstream_errors);
                         tracing::warn!(repo = %item.repo, path = %item.path, error = %e, "fetch failed; clients of this transfer got an error");

@@ -43,7 +43,6 @@ use crate::respond::{self, BOUNDARY, Conditions, FileInfo, Plan};
 use crate::snapshot::{SnapshotError, needs_check};
 use crate::stats::Stats;
 use crate::store::{PathEntry, now_secs};
-use crate::upstream::UpstreamError;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -79,15 +78,19 @@ impl ServeError {
             ServeError::BadPath(_) => StatusCode::BAD_REQUEST,
             ServeError::NotFound => StatusCode::NOT_FOUND,
             ServeError::Method => StatusCode::METHOD_NOT_ALLOWED,
-            ServeError::Fetch(e) if e.is_not_found() => StatusCode::NOT_FOUND,
-            ServeError::Snapshot(e) if e.is_not_found() => StatusCode::NOT_FOUND,
-            ServeError::Fetch(FetchError::Store(m)) if m.starts_with("disk full") => {
-                StatusCode::INSUFFICIENT_STORAGE
+            ServeError::Fetch(e) | ServeError::Snapshot(SnapshotError::Fetch { source: e, .. }) => {
+                if e.is_not_found() {
+                    StatusCode::NOT_FOUND
+                } else if e.is_uplink_down() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else if e.is_disk_full() {
+                    StatusCode::INSUFFICIENT_STORAGE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                }
             }
-            ServeError::Fetch(FetchError::Upstream(UpstreamError::Offline)) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            ServeError::Fetch(_) | ServeError::Snapshot(_) => StatusCode::BAD_GATEWAY,
+            ServeError::Snapshot(SnapshotError::Unavailable) => StatusCode::GATEWAY_TIMEOUT,
+            ServeError::Snapshot(_) => StatusCode::BAD_GATEWAY,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -50,6 +50,8 @@ pub enum SnapshotError {
     BadPrimary(String),
     #[error("{0}")]
     Store(String),
+    #[error("no metadata is stored for this tree yet and upstream is unreachable")]
+    Unavailable,
 }
 
 impl SnapshotError {
@@ -151,7 +153,7 @@ impl Snapshots {
             }
             None => Err(self
                 .recent_failure(&key)
-                .unwrap_or_else(|| SnapshotError::Store("no metadata snapshot".into()))),
+                .unwrap_or(SnapshotError::Unavailable)),
         }
     }
 
@@ -162,13 +164,7 @@ impl Snapshots {
     }
 
     fn note_failure(&self, key: &str, e: SnapshotError) {
-        let offline = matches!(
-            &e,
-            SnapshotError::Fetch {
-                source: FetchError::Upstream(crate::upstream::UpstreamError::Offline),
-                ..
-            }
-        );
+        let offline = matches!(&e, SnapshotError::Fetch { source, .. } if source.is_uplink_down());
         if !e.is_not_found() && !offline {
             tracing::warn!(tree = key, error = %e, "metadata refresh failed; the previous snapshot (if any) stays in service");
         }

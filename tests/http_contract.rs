@@ -261,3 +261,38 @@ fn status_and_metrics_report_the_work() {
         "{text}"
     );
 }
+
+#[test]
+fn status_command_and_verify_refusing_a_running_node() {
+    let s = site();
+    let out = std::process::Command::new(common::node::node_bin())
+        .args(["status", "--config"])
+        .arg(s.node.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["repos"][0]["name"], "test");
+    // verify needs the store to itself: a clear refusal while the node runs.
+    let (ok, report) = s.node.verify();
+    assert!(!ok);
+    assert!(report.contains("stop it first"), "{report}");
+}
+
+#[test]
+fn cold_node_with_upstream_down_says_so() {
+    let dir = temp();
+    let node = Node::start(NodeOpts::new(&format!("http://127.0.0.1:{}/", free_port())));
+    let r = node.get("/test/repodata/repomd.xml");
+    assert_eq!(r.status, 504, "{}", r.text());
+    let r = node.get("/test/repodata/repomd.xml");
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("unreachable"), "{}", r.text());
+    let r = node.get("/test/Packages/x-1-1.noarch.rpm");
+    assert_eq!(r.status, 504, "{}", r.text());
+    drop(dir);
+}

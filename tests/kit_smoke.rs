@@ -561,7 +561,7 @@ fn node_config_renders_valid_toml() {
     let a = free_port();
     let b = free_port();
     assert_ne!(a, b);
-    assert!(TcpListener::bind(("127.0.0.1", a)).is_ok());
+    assert!((20_000..32_000).contains(&a) && (20_000..32_000).contains(&b));
 }
 
 /// A stand-in for `lanmirror` (python3 ships with dnf) so the `Node` helper
