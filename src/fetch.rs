@@ -176,6 +176,7 @@ impl Fetcher {
             return self.spawn(item, key);
         };
         if let Some(t) = map.get(&key) {
+            Stats::inc(&self.stats.joined);
             return t.clone();
         }
         let t = self.spawn(item, key.clone());

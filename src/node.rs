@@ -168,6 +168,7 @@ impl Node {
             "requests": Stats::get(&s.requests),
             "hits": Stats::get(&s.hits),
             "misses": Stats::get(&s.misses),
+            "joined_transfers": Stats::get(&s.joined),
             "not_found": Stats::get(&s.not_found),
             "refused": Stats::get(&s.refused),
             "bytes_served": Stats::get(&s.bytes_served),
@@ -210,6 +211,12 @@ impl Node {
             "counter",
             "Upstream transfers started.",
             Stats::get(&s.misses),
+        );
+        put(
+            "joined_transfers_total",
+            "counter",
+            "Requests that joined a transfer already running.",
+            Stats::get(&s.joined),
         );
         put(
             "not_found_total",

@@ -8,6 +8,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Requests that joined an upstream transfer another request had started.
+    pub joined: AtomicU64,
     pub not_found: AtomicU64,
     pub refused: AtomicU64,
     pub bytes_served: AtomicU64,

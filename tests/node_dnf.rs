@@ -117,6 +117,9 @@ fn simultaneous_cold_clients_share_one_download_per_package() {
             up.requests()
         );
     }
+    // The clients really overlapped: later ones joined transfers in flight.
+    let st = node.status_json();
+    assert!(st["joined_transfers"].as_u64().unwrap() >= 3, "{st}");
     let repomd_downloads = up
         .requests()
         .iter()

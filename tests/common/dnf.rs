@@ -1,9 +1,10 @@
 //! [`Dnf`]: a real dnf 4 client with its own installroot, config and repo file.
 //!
 //! Layout under the given directory: `installroot/`, `repos.d/lmtest.repo`,
-//! `dnf.conf`. dnf puts its cache at `installroot/var/cache/lmtest` (a
-//! `cachedir` given with `--installroot` is taken inside the installroot) and
-//! Debian's rpm keeps the rpmdb at `installroot/root/.rpmdb` (`%_dbpath`);
+//! `dnf.conf`, `cache/`. The cache directory is this client's own absolute
+//! path: Debian's dnf 4 does *not* put a `--setopt=cachedir` under the
+//! installroot, so a shared name made parallel clients delete each other's
+//! downloads (keepcache=0). Debian's rpm keeps the rpmdb at `installroot/root/.rpmdb` (`%_dbpath`);
 //! `rpm --root R -q` finds it.
 
 use std::fs;
@@ -109,9 +110,9 @@ impl Dnf {
         self.dir.join("installroot")
     }
 
-    /// dnf's cache directory (inside the installroot).
+    /// dnf's cache directory (this client's own).
     pub fn cache_dir(&self) -> PathBuf {
-        self.installroot().join("var/cache/lmtest")
+        self.dir.join("cache")
     }
 
     /// `dnf -y … <args>` with the kit's flags; never panics.
@@ -126,7 +127,7 @@ impl Dnf {
                 "--setopt=reposdir={}",
                 self.dir.join("repos.d").display()
             ))
-            .arg("--setopt=cachedir=/var/cache/lmtest")
+            .arg(format!("--setopt=cachedir={}", self.cache_dir().display()))
             .arg("--setopt=skip_if_unavailable=False")
             .arg("--setopt=keepcache=0")
             .arg("--nogpgcheck")
