@@ -124,6 +124,47 @@ fn bodies_cut_midway_still_give_complete_packages() {
     assert_eq!(sha256_hex(&r.body), p.sha256_hex);
 }
 
+/// A mirror that ignores Range: after a cut, the resume gets a 200 with the whole file; the
+/// node restarts from zero and still stores a correct package.
+#[test]
+fn a_200_answer_to_a_resume_restarts_cleanly_from_zero() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-norange", "1.0", 1 << 20)],
+    );
+    let p = repo.package("lm-norange");
+    let up = Upstream::start(repo.dir());
+    up.cut_after(".rpm", 400_000, 1);
+    up.ignore_ranges(".rpm", true);
+    let node = Node::start(NodeOpts::new(&up.url()));
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    let reqs: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(".rpm"))
+        .collect();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs[1].range.is_some(), "the node asked to resume");
+    assert_eq!(
+        reqs[1].status, 200,
+        "the mirror answered with the whole file"
+    );
+    assert!(node.log().contains("restarting from zero"));
+    node.get("/api/status");
+    let (blobs, size) = (node.blob_files(), p.size);
+    assert!(
+        blobs
+            .iter()
+            .any(|b| std::fs::metadata(b).unwrap().len() == size),
+        "stored at its real size, not {size} + a partial prefix"
+    );
+}
+
 /// A blob corrupted on disk (same size, other bytes) is found by `verify`, removed, and
 /// fetched again on the next request.
 #[test]

@@ -72,6 +72,8 @@ struct Faults {
     fail_503: Vec<Rule>,
     html: Vec<String>,
     header_delay: Option<(String, Duration)>,
+    /// Paths whose Range headers are ignored (a full 200 answer instead of 206).
+    no_ranges: Vec<String>,
 }
 
 impl Faults {
@@ -256,6 +258,16 @@ impl Upstream {
         f.html.retain(|s| s != path_substring);
         if on {
             f.html.push(path_substring.into());
+        }
+    }
+
+    /// While on, Range requests for matching paths get the whole file with 200,
+    /// as some mirrors and proxies do.
+    pub fn ignore_ranges(&self, path_substring: &str, on: bool) {
+        let mut f = self.shared.faults.lock().unwrap();
+        f.no_ranges.retain(|s| s != path_substring);
+        if on {
+            f.no_ranges.push(path_substring.into());
         }
     }
 
@@ -506,7 +518,15 @@ async fn respond(
     }
 
     // Range, subject to If-Range (strong match on ETag, or exact date).
-    let mut range = e.range.as_deref().map(|r| parse_range(r, len));
+    let ignore = {
+        let f = shared.faults.lock().unwrap();
+        f.no_ranges.iter().any(|s| e.path.contains(s.as_str()))
+    };
+    let mut range = e
+        .range
+        .as_deref()
+        .filter(|_| !ignore)
+        .map(|r| parse_range(r, len));
     if let (Some(_), Some(ir)) = (&range, &e.if_range) {
         let ir = ir.trim();
         let matches = if ir.starts_with('"') {
