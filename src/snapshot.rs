@@ -316,7 +316,9 @@ impl Snapshots {
                     previous.push((at, old_files));
                 } else {
                     for f in old_files.into_iter().filter(|f| !files.contains(f)) {
+                        // Neither listed nor recognised by checksum any more.
                         batch.remove_path(format!("{repo}/{f}"));
+                        batch.remove_expected(format!("{repo}/{f}"));
                     }
                 }
             }

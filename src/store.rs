@@ -37,6 +37,9 @@ const EXPECTED: TableDefinition<&str, &[u8]> = TableDefinition::new("expected");
 /// `"{repo}/{tree}"` → JSON [`Snapshot`]
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 
+/// Partial downloads untouched this long are deleted at start-up.
+const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// Most operations the index writer folds into one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -260,6 +263,7 @@ enum Op {
     SetPath(String, PathEntry),
     RemovePath(String),
     PutExpected(String, Expected),
+    RemoveExpected(String),
     PutSnapshot(String, Snapshot),
     RemoveBlob(BlobId),
     Touch(BlobId, u64),
@@ -287,6 +291,10 @@ impl Batch {
     }
     pub fn put_expected(&mut self, key: String, e: Expected) -> &mut Self {
         self.0.push(Op::PutExpected(key, e));
+        self
+    }
+    pub fn remove_expected(&mut self, key: String) -> &mut Self {
+        self.0.push(Op::RemoveExpected(key));
         self
     }
     pub fn put_snapshot(&mut self, key: String, s: Snapshot) -> &mut Self {
@@ -621,6 +629,21 @@ impl Store {
                 rec.temporaries += 1;
             }
         }
+        // Partial downloads are kept for resume, but not forever.
+        let partial = self.partial_dir();
+        if let Ok(entries) = std::fs::read_dir(&partial) {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > PARTIAL_MAX_AGE);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    rec.temporaries += 1;
+                }
+            }
+        }
         let mut known = std::collections::HashSet::new();
         let mut bad = Vec::new();
         {
@@ -807,6 +830,9 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), Sto
                 }
                 Op::PutExpected(k, e) => {
                     db_err!(expected.insert(k.as_str(), e.encode().as_slice()))?;
+                }
+                Op::RemoveExpected(k) => {
+                    db_err!(expected.remove(k.as_str()))?;
                 }
                 Op::PutSnapshot(k, s) => {
                     let json = serde_json::to_vec(s)

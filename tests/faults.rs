@@ -165,6 +165,36 @@ fn a_200_answer_to_a_resume_restarts_cleanly_from_zero() {
     );
 }
 
+/// An upstream that stops sending mid-body without closing: after the read timeout the node
+/// resumes with a Range request and the client gets the whole, correct file.
+#[test]
+fn a_stalled_body_is_resumed_after_the_read_timeout() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-stall", "1.0", 1 << 20)],
+    );
+    let p = repo.package("lm-stall");
+    let up = Upstream::start(repo.dir());
+    up.stall_after(".rpm", 200_000, 1);
+    let node = Node::start(NodeOpts {
+        read_timeout_secs: 1,
+        ..NodeOpts::new(&up.url())
+    });
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    let reqs: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(".rpm"))
+        .collect();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range.as_deref(), Some("bytes=200000-"));
+}
+
 /// A blob corrupted on disk (same size, other bytes) is found by `verify`, removed, and
 /// fetched again on the next request.
 #[test]

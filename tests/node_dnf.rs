@@ -178,3 +178,37 @@ fn primary_href(repomd: &str) -> String {
     let end = at + repomd[at..].find('"').expect("quote");
     repomd[start..end].to_string()
 }
+
+/// Files of replaced snapshots are dropped once the retention window has passed, not before.
+#[test]
+fn old_snapshot_files_expire_after_the_retention_window() {
+    let dir = temp();
+    let mut repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-ret", "1.0", 50_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let node = Node::start(NodeOpts {
+        freshness_secs: 1,
+        retention_secs: Some(3),
+        ..NodeOpts::new(&up.url())
+    });
+    let first = primary_href(&node.get("/test/repodata/repomd.xml").text());
+    repo.add(&PkgSpec::new("lm-ret", "2.0", 50_000));
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = primary_href(&node.get("/test/repodata/repomd.xml").text());
+    assert_ne!(first, second);
+    assert_eq!(
+        node.get(&format!("/test/{first}")).status,
+        200,
+        "kept within retention"
+    );
+    std::thread::sleep(Duration::from_millis(3100));
+    repo.add(&PkgSpec::new("lm-ret", "3.0", 50_000));
+    let third = primary_href(&node.get("/test/repodata/repomd.xml").text());
+    assert_ne!(second, third);
+    // `first` was replaced more than 3 s ago: dropped, and upstream deleted it long ago.
+    assert_eq!(node.get(&format!("/test/{first}")).status, 404);
+    // `second` was replaced just now: still served although upstream deleted it.
+    assert_eq!(node.get(&format!("/test/{second}")).status, 200);
+}

@@ -66,6 +66,8 @@ impl RepoCfg {
 pub struct NodeOpts {
     pub repos: Vec<RepoCfg>,
     pub freshness_secs: u64,
+    /// `[metadata] old_snapshot_retention_secs` (None = the node's default).
+    pub retention_secs: Option<u64>,
     pub connect_timeout_secs: u64,
     pub read_timeout_secs: u64,
     pub retries: u32,
@@ -92,6 +94,7 @@ impl Default for NodeOpts {
         NodeOpts {
             repos: Vec::new(),
             freshness_secs: 2,
+            retention_secs: None,
             connect_timeout_secs: 2,
             read_timeout_secs: 5,
             retries: 3,
@@ -123,7 +126,7 @@ impl NodeOpts {
         let mut t = format!(
             "[node]\ndata_dir = {}\nhttp_listen = {}\nquic_listen = {}\n\n\
              [discovery]\nmdns = {}\npeers = [{}]\n\n\
-             [metadata]\nfreshness_secs = {}\n\n\
+             [metadata]\nfreshness_secs = {}\n{}\n\
              [upstream]\nconnect_timeout_secs = {}\nread_timeout_secs = {}\nretries = {}\n",
             q(&data_dir.to_string_lossy()),
             q(&format!("127.0.0.1:{port}")),
@@ -131,6 +134,9 @@ impl NodeOpts {
             self.mdns,
             list(&self.peers),
             self.freshness_secs,
+            self.retention_secs
+                .map(|r| format!("old_snapshot_retention_secs = {r}\n"))
+                .unwrap_or_default(),
             self.connect_timeout_secs,
             self.read_timeout_secs,
             self.retries,
