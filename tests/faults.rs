@@ -9,10 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
 fn partial_bytes(node: &Node) -> u64 {
     std::fs::read_dir(node.data_dir().join("partial"))
         .map(|d| {
@@ -29,12 +25,10 @@ fn partial_bytes(node: &Node) -> u64 {
 /// Range request, dnf installs a correct package and `lanmirror verify` passes.
 #[test]
 fn kill9_mid_download_then_restart_resumes_and_verifies() {
-    let dir = temp();
     let spec = PkgSpec::new("lm-big", "1.0", 6 << 20);
-    let repo = RpmRepo::create(&dir.path().join("mirror"), std::slice::from_ref(&spec));
-    let up = Upstream::start(repo.dir());
-    let mut node = Node::start(NodeOpts::new(&up.url()));
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    let Site {
+        up, mut node, dir, ..
+    } = Site::new(std::slice::from_ref(&spec));
 
     up.throttle(Some(1 << 20));
     let url = format!("{}/test/Packages/{}", node.url(), spec.file_name());
@@ -93,18 +87,13 @@ fn kill9_mid_download_then_restart_resumes_and_verifies() {
 /// correct packages.
 #[test]
 fn bodies_cut_midway_still_give_complete_packages() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[
-            PkgSpec::new("lm-cut-a", "1.0", 1 << 20),
-            PkgSpec::new("lm-cut-b", "1.0", 1 << 20),
-        ],
-    );
-    let up = Upstream::start(repo.dir());
+    let site = Site::new(&[
+        PkgSpec::new("lm-cut-a", "1.0", 1 << 20),
+        PkgSpec::new("lm-cut-b", "1.0", 1 << 20),
+    ]);
+    let (up, repo) = (&site.up, &site.repo);
     up.cut_after(".rpm", 300_000, 3);
-    let node = Node::start(NodeOpts::new(&up.url()));
-    let c = Dnf::new(&dir.path().join("c"), &node.repo_url("test"));
+    let c = site.client("c");
     c.install(&["lm-cut-a", "lm-cut-b"]).assert_success();
     assert_eq!(c.payload_size("lm-cut-a"), Some(1 << 20));
     assert_eq!(c.payload_size("lm-cut-b"), Some(1 << 20));
@@ -120,7 +109,7 @@ fn bodies_cut_midway_still_give_complete_packages() {
     );
     // And a direct download matches upstream byte for byte.
     let p = repo.package("lm-cut-b");
-    let r = node.get(&format!("/test/{}", p.rel_path));
+    let r = site.get_pkg("lm-cut-b");
     assert_eq!(sha256_hex(&r.body), p.sha256_hex);
 }
 
@@ -128,17 +117,15 @@ fn bodies_cut_midway_still_give_complete_packages() {
 /// node restarts from zero and still stores a correct package.
 #[test]
 fn a_200_answer_to_a_resume_restarts_cleanly_from_zero() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-norange", "1.0", 1 << 20)],
-    );
+    let Site {
+        repo,
+        up,
+        node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-norange", "1.0", 1 << 20)]);
     let p = repo.package("lm-norange");
-    let up = Upstream::start(repo.dir());
     up.cut_after(".rpm", 400_000, 1);
     up.ignore_ranges(".rpm", true);
-    let node = Node::start(NodeOpts::new(&up.url()));
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
     let r = node.get(&format!("/test/{}", p.rel_path));
     assert_eq!(r.status, 200);
     assert!(r.complete);
@@ -169,19 +156,16 @@ fn a_200_answer_to_a_resume_restarts_cleanly_from_zero() {
 /// resumes with a Range request and the client gets the whole, correct file.
 #[test]
 fn a_stalled_body_is_resumed_after_the_read_timeout() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-stall", "1.0", 1 << 20)],
-    );
-    let p = repo.package("lm-stall");
-    let up = Upstream::start(repo.dir());
-    up.stall_after(".rpm", 200_000, 1);
-    let node = Node::start(NodeOpts {
-        read_timeout_secs: 1,
-        ..NodeOpts::new(&up.url())
+    let Site {
+        repo,
+        up,
+        node,
+        dir: _dir,
+    } = Site::with(&[PkgSpec::new("lm-stall", "1.0", 1 << 20)], |o| {
+        o.read_timeout_secs = 1
     });
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    let p = repo.package("lm-stall");
+    up.stall_after(".rpm", 200_000, 1);
     let r = node.get(&format!("/test/{}", p.rel_path));
     assert_eq!(r.status, 200);
     assert!(r.complete);
@@ -199,15 +183,13 @@ fn a_stalled_body_is_resumed_after_the_read_timeout() {
 /// fetched again on the next request.
 #[test]
 fn corrupted_blob_is_detected_by_verify_and_refetched() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-rot", "1.0", 500_000)],
-    );
+    let Site {
+        repo,
+        up,
+        mut node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-rot", "1.0", 500_000)]);
     let p = repo.package("lm-rot");
-    let up = Upstream::start(repo.dir());
-    let mut node = Node::start(NodeOpts::new(&up.url()));
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
     assert_eq!(node.get(&format!("/test/{}", p.rel_path)).status, 200);
     node.stop();
     let (ok, report) = node.verify();
@@ -244,15 +226,13 @@ fn corrupted_blob_is_detected_by_verify_and_refetched() {
 /// a clean end), nothing is stored, and the next request tries upstream again.
 #[test]
 fn lying_upstream_aborts_the_client_and_stores_nothing() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-liar", "1.0", 700_000)],
-    );
+    let Site {
+        repo,
+        up,
+        node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-liar", "1.0", 700_000)]);
     let p = repo.package("lm-liar");
-    let up = Upstream::start(repo.dir());
-    let node = Node::start(NodeOpts::new(&up.url()));
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
     // Same size, RPM magic intact, different bytes.
     let mut bytes = std::fs::read(&p.path).unwrap();
     let n = bytes.len();
@@ -314,14 +294,13 @@ fn captive_portal_html_is_refused_and_never_stored() {
 /// 503s are retried; a 404 upstream is a 404 to the client and is not cached as content.
 #[test]
 fn upstream_503_is_retried_and_404_passes_through() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-flaky", "1.0", 100_000)],
-    );
+    let Site {
+        repo,
+        up,
+        node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-flaky", "1.0", 100_000)]);
     let p = repo.package("lm-flaky");
-    let up = Upstream::start(repo.dir());
-    let node = Node::start(NodeOpts::new(&up.url()));
     up.fail_503(".rpm", 2);
     let r = node.get(&format!("/test/{}", p.rel_path));
     assert_eq!(r.status, 200);
@@ -343,15 +322,13 @@ fn upstream_503_is_retried_and_404_passes_through() {
 /// not store-then-forward), and a client that hangs up does not cancel the transfer.
 #[test]
 fn misses_stream_and_survive_client_disconnect() {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-stream", "1.0", 3 << 20)],
-    );
+    let Site {
+        repo,
+        up,
+        node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-stream", "1.0", 3 << 20)]);
     let p = repo.package("lm-stream");
-    let up = Upstream::start(repo.dir());
-    let node = Node::start(NodeOpts::new(&up.url()));
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
     up.throttle(Some(1 << 20));
 
     let mut s = TcpStream::connect(("127.0.0.1", node.port())).unwrap();

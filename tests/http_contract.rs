@@ -9,32 +9,8 @@ use std::time::Duration;
 
 use common::*;
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-struct Site {
-    _dir: tempfile::TempDir,
-    repo: RpmRepo,
-    up: Upstream,
-    node: Node,
-}
-
 fn site() -> Site {
-    let dir = temp();
-    let repo = RpmRepo::create(
-        &dir.path().join("mirror"),
-        &[PkgSpec::new("lm-http", "1.0", 300_000)],
-    );
-    let up = Upstream::start(repo.dir());
-    let node = Node::start(NodeOpts::new(&up.url()));
-    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
-    Site {
-        _dir: dir,
-        repo,
-        up,
-        node,
-    }
+    Site::new(&[PkgSpec::new("lm-http", "1.0", 300_000)])
 }
 
 /// Sends raw bytes, returns the raw answer (until close or `limit` bytes).
@@ -285,7 +261,6 @@ fn status_command_and_verify_refusing_a_running_node() {
 
 #[test]
 fn cold_node_with_upstream_down_says_so() {
-    let dir = temp();
     let node = Node::start(NodeOpts::new(&format!("http://127.0.0.1:{}/", free_port())));
     let r = node.get("/test/repodata/repomd.xml");
     assert_eq!(r.status, 504, "{}", r.text());
@@ -294,5 +269,4 @@ fn cold_node_with_upstream_down_says_so() {
     assert!(r.text().contains("unreachable"), "{}", r.text());
     let r = node.get("/test/Packages/x-1-1.noarch.rpm");
     assert_eq!(r.status, 504, "{}", r.text());
-    drop(dir);
 }

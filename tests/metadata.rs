@@ -9,10 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
 fn repomd_gets(up: &Upstream) -> usize {
     up.requests()
         .iter()
@@ -155,4 +151,29 @@ fn in_place_files_are_revalidated() {
     let r = node.get("/test/RPM-GPG-KEY-lm");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "key two, longer\n");
+}
+
+/// The same package under two repos (like `/9/` and `/9.6/`): stored once, and the second path
+/// is answered from the store through the checksum primary.xml names, without upstream.
+#[test]
+fn the_same_package_under_two_paths_is_one_blob() {
+    let site = Site::with(&[PkgSpec::new("lm-dup", "1.0", 400_000)], |o| {
+        let url = o.repos[0].urls[0].clone();
+        o.repos.push(RepoCfg::new("alias", &[&url]));
+    });
+    let p = site.repo.package("lm-dup");
+    assert_eq!(site.get_pkg("lm-dup").status, 200);
+    assert_eq!(site.node.get("/alias/repodata/repomd.xml").status, 200);
+    site.up.clear_log();
+    let r = site.node.get(&format!("/alias/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    assert_eq!(site.up.count(".rpm"), 0, "{:?}", site.up.requests());
+    let copies = site
+        .node
+        .blob_files()
+        .iter()
+        .filter(|b| std::fs::metadata(b).unwrap().len() == p.size)
+        .count();
+    assert_eq!(copies, 1);
 }

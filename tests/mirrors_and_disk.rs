@@ -7,10 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
 /// A dead mirror (connection refused), then one without the file (404, like the main mirror
 /// for an old minor release), then the vault that has it: dnf installs, every mirror was asked.
 #[test]

@@ -7,10 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn temp() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
 /// Cold install through the node; a second client installs with zero upstream package
 /// requests; with upstream down, a fresh client still installs from what is stored.
 #[test]

@@ -70,3 +70,56 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+/// A fresh temporary directory, deleted on drop.
+pub fn temp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// One test site: a temp dir, a real repository of the given packages under `dir/mirror`, an
+/// upstream serving it, and a node in front whose first metadata snapshot is already loaded
+/// (so packages are checked against primary.xml from the first request on).
+pub struct Site {
+    pub repo: RpmRepo,
+    pub up: Upstream,
+    pub node: Node,
+    /// Dropped last: everything above lives in it. When destructuring a `Site`, bind it
+    /// (`dir: _dir`), or `..` drops it, and the mirror with it, at once.
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new(pkgs: &[PkgSpec]) -> Site {
+        Site::with(pkgs, |_| {})
+    }
+
+    /// Like [`Site::new`], with the node's options adjusted first.
+    pub fn with(pkgs: &[PkgSpec], tweak: impl FnOnce(&mut NodeOpts)) -> Site {
+        let dir = temp();
+        let repo = RpmRepo::create(&dir.path().join("mirror"), pkgs);
+        let up = Upstream::start(repo.dir());
+        let mut opts = NodeOpts::new(&up.url());
+        tweak(&mut opts);
+        let node = Node::start(opts);
+        let r = node.get("/test/repodata/repomd.xml");
+        assert_eq!(r.status, 200, "first snapshot: {}", r.text());
+        up.clear_log();
+        Site {
+            repo,
+            up,
+            node,
+            dir,
+        }
+    }
+
+    /// `GET /test/<rel_path>` of a package, through the node.
+    pub fn get_pkg(&self, name: &str) -> Response {
+        self.node
+            .get(&format!("/test/{}", self.repo.package(name).rel_path))
+    }
+
+    /// A dnf client of the node, in its own directory under the site's.
+    pub fn client(&self, name: &str) -> Dnf {
+        Dnf::new(&self.dir.path().join(name), &self.node.repo_url("test"))
+    }
+}
