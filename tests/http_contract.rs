@@ -270,3 +270,112 @@ fn cold_node_with_upstream_down_says_so() {
     let r = node.get("/test/Packages/x-1-1.noarch.rpm");
     assert_eq!(r.status, 504, "{}", r.text());
 }
+
+/// zchunk's own downloader, a real multi-range client: it reuses the chunks of an old file and
+/// fetches only the missing ones with `206 multipart/byteranges` requests (up to 256 ranges
+/// each), failing if the server answers ranges with the whole file.
+#[test]
+fn zckdl_fetches_only_missing_chunks_through_the_node() {
+    let dir = temp();
+    let mirror = dir.path().join("mirror");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(mirror.join("repodata")).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    // Two versions of a text file, a few lines apart, as zchunk files.
+    let mut lines: Vec<String> = (0..20_000)
+        .map(|i| {
+            format!(
+                "line {i} {}\n",
+                hex(&payload_bytes("zck", "1", 24)[(i % 8)..][..16])
+            )
+        })
+        .collect();
+    std::fs::write(work.join("old.txt"), lines.concat()).unwrap();
+    lines[5000] = "changed\n".into();
+    lines[15000] = "changed too\n".into();
+    std::fs::write(work.join("new.txt"), lines.concat()).unwrap();
+    for f in ["old.txt", "new.txt"] {
+        let st = std::process::Command::new("zck")
+            .arg(f)
+            .current_dir(&work)
+            .status()
+            .expect(
+                "zck (Debian package zchunk) must be installed: ./scripts/test-all installs it",
+            );
+        assert!(st.success());
+    }
+    let new = std::fs::read(work.join("new.txt.zck")).unwrap();
+    let name = format!("{}-filelists.xml.zck", sha256_hex(&new));
+    std::fs::write(mirror.join("repodata").join(&name), &new).unwrap();
+    let up = Upstream::start(&mirror);
+    let node = Node::start(NodeOpts::new(&up.url()));
+    let url = format!("{}/test/repodata/{name}", node.url());
+
+    // Twice: first on a cold node (the ranges wait for the stored file), then on hits.
+    for round in 0..2 {
+        let out_dir = work.join(format!("round{round}"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = std::process::Command::new("zckdl")
+            .args(["--fail-no-ranges", "-v", "-s"])
+            .arg(work.join("old.txt.zck"))
+            .arg(&url)
+            .current_dir(&out_dir)
+            .output()
+            .unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "round {round}: {log}");
+        assert_eq!(
+            std::fs::read(out_dir.join(&name)).unwrap(),
+            new,
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        up.count(&name),
+        1,
+        "one upstream download: {:?}",
+        up.requests()
+    );
+    let st = node.status_json();
+    assert!(
+        st["bytes_served"].as_u64().unwrap() < 2 * new.len() as u64,
+        "only missing chunks were sent twice: {st}"
+    );
+}
+
+/// `http.max_connections` bounds the connections served at once: further ones wait (in the
+/// kernel's accept queue) and are served as soon as a slot frees.
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let site = Site::with(&[PkgSpec::new("lm-conn", "1.0", 10_000)], |o| {
+        o.extra_toml = "[http]\nmax_connections = 2".into();
+    });
+    let port = site.node.port();
+    // Site::with's own request is done; hold both slots with idle connections.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    third
+        .write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        third.read(&mut buf).is_err(),
+        "a third connection was served while two held the only slots"
+    );
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = third.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
