@@ -299,6 +299,19 @@ impl Fetcher {
                     return Ok(Finished::NotModified);
                 }
                 Ok(Opened::Body(b)) => b,
+                Err(UpstreamError::Status(code)) if written > 0 => {
+                    // The partial file does not fit upstream's file (416 past its end, or a
+                    // range answer we cannot use): drop it and start over.
+                    tracing::info!(repo = %item.repo, path = %item.path, status = code,
+                        "upstream refused to resume; restarting from zero");
+                    file.set_len(0).await.map_err(io_err)?;
+                    file.seek(io::SeekFrom::Start(0)).await.map_err(io_err)?;
+                    written = 0;
+                    hasher = MultiHasher::new(also);
+                    meta = PartMeta::default();
+                    let _ = std::fs::remove_file(&meta_path);
+                    continue;
+                }
                 Err(e) => {
                     if written == 0 {
                         drop(file);

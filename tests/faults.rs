@@ -365,3 +365,46 @@ fn misses_stream_and_survive_client_disconnect() {
         "the disconnect did not cancel the transfer"
     );
 }
+
+/// A partial download left on disk that no longer fits upstream (longer than the file, so the
+/// resume gets 416): the node drops it and downloads from zero instead of failing forever.
+#[test]
+fn an_unusable_partial_file_is_dropped() {
+    let Site {
+        repo,
+        up,
+        mut node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-odd", "1.0", 300_000)]);
+    let p = repo.package("lm-odd");
+    let etag = http_get(&format!("{}{}", up.url(), p.rel_path), &[])
+        .header("etag")
+        .unwrap()
+        .to_string();
+    node.stop();
+    let key = format!("test/{}", p.rel_path);
+    let name = hex(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
+    let partial = node.data_dir().join("partial");
+    std::fs::write(
+        partial.join(format!("{name}.part")),
+        vec![7u8; p.size as usize + 10],
+    )
+    .unwrap();
+    std::fs::write(
+        partial.join(format!("{name}.meta")),
+        serde_json::json!({ "etag": etag, "last_modified": null }).to_string(),
+    )
+    .unwrap();
+    node.restart();
+    up.clear_log();
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    let statuses: Vec<u16> = up
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(".rpm"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![416, 200], "{:?}", up.requests());
+}
