@@ -30,7 +30,7 @@ use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::RepoPath;
 use crate::stats::Stats;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
-use crate::upstream::{self, Ask, Opened, Upstream, UpstreamError};
+use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
 /// Size of the pieces readers take from a growing file.
 const READ_CHUNK: usize = 256 * 1024;
@@ -283,6 +283,7 @@ impl Fetcher {
             .await
             .map_err(io_err)?;
         let resumed_from_disk = written > 0;
+        let mut announced = written > 0;
         let mut failures_without_progress = 0u32;
 
         let (etag, last_modified) = loop {
@@ -345,7 +346,9 @@ impl Fetcher {
                 )));
             }
             let total = want_size.or(body.total);
-            tx.send_replace(Phase::Streaming { total, written });
+            if announced {
+                tx.send_replace(Phase::Streaming { total, written });
+            }
 
             let progress_before = written;
             let mut broke = None;
@@ -358,10 +361,29 @@ impl Fetcher {
                         break;
                     }
                 };
-                if written == 0 && !upstream::first_bytes_plausible(&item.path, &chunk) {
+                if written == 0
+                    && let Err(bad) = upstream::check_first_bytes(&item.path, &chunk)
+                {
                     self.discard(part, &meta_path);
-                    tracing::warn!(url = %body.url, "upstream sent an HTML page instead of the file (captive portal?); not stored");
-                    return Err(UpstreamError::Html.into());
+                    return Err(match bad {
+                        BadStart::Html => {
+                            tracing::warn!(url = %body.url, "upstream sent an HTML page instead of the file (captive portal?); not stored");
+                            UpstreamError::Html.into()
+                        }
+                        BadStart::NotA(what) => {
+                            Stats::inc(&self.stats.verify_failures);
+                            FetchError::Verify(format!(
+                                "upstream {} sent something that is not {what}; not stored",
+                                body.url
+                            ))
+                        }
+                    });
+                }
+                if !announced {
+                    // Readers are told only once the start of the body looked right, so a
+                    // refused body is a clean error answer rather than a cut one.
+                    tx.send_replace(Phase::Streaming { total, written });
+                    announced = true;
                 }
                 if let Some(t) = total
                     && written + chunk.len() as u64 > t

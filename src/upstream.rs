@@ -114,29 +114,42 @@ pub fn looks_like_error_page(path: &RepoPath, content_type: Option<&str>) -> boo
     })
 }
 
+/// What is wrong with the start of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadStart {
+    /// An HTML page: a captive portal or a mirror's error page.
+    Html,
+    /// Not the kind of file the name promises (the text says what was expected).
+    NotA(&'static str),
+}
+
 /// Does the first chunk of a body fit what the file name promises? Catches error pages served
-/// with a wrong content type.
-pub fn first_bytes_plausible(path: &RepoPath, head: &[u8]) -> bool {
-    let name = path.file_name().to_ascii_lowercase();
-    let start = |magic: &[u8]| head.len() < magic.len() || head.starts_with(magic);
-    if name.ends_with(".rpm") {
-        return start(&[0xed, 0xab, 0xee, 0xdb]);
-    }
-    if name.ends_with(".gz") {
-        return start(&[0x1f, 0x8b]);
-    }
-    if name.ends_with(".xz") {
-        return start(&[0xfd, b'7', b'z', b'X', b'Z']);
-    }
-    if name.ends_with(".zst") {
-        return start(&[0x28, 0xb5, 0x2f, 0xfd]);
-    }
-    if name.ends_with(".bz2") {
-        return start(b"BZh");
-    }
+/// with a wrong content type, and bytes that cannot be the named kind of file.
+pub fn check_first_bytes(path: &RepoPath, head: &[u8]) -> Result<(), BadStart> {
     let text = String::from_utf8_lossy(&head[..head.len().min(512)]).to_ascii_lowercase();
     let trimmed = text.trim_start();
-    !(trimmed.starts_with("<!doctype html") || trimmed.starts_with("<html"))
+    if trimmed.starts_with("<!doctype html") || trimmed.starts_with("<html") {
+        return Err(BadStart::Html);
+    }
+    const KINDS: [(&str, &[u8], &str); 5] = [
+        (".rpm", &[0xed, 0xab, 0xee, 0xdb], "an RPM package"),
+        (".gz", &[0x1f, 0x8b], "gzip data"),
+        (".xz", &[0xfd, b'7', b'z', b'X', b'Z'], "xz data"),
+        (".zst", &[0x28, 0xb5, 0x2f, 0xfd], "zstd data"),
+        (".bz2", b"BZh", "bzip2 data"),
+    ];
+    let name = path.file_name().to_ascii_lowercase();
+    for (ext, magic, what) in KINDS {
+        if name.ends_with(ext) {
+            let ok = head.len() < magic.len() || head.starts_with(magic);
+            return if ok {
+                Ok(())
+            } else {
+                Err(BadStart::NotA(what))
+            };
+        }
+    }
+    Ok(())
 }
 
 impl Upstream {
@@ -428,17 +441,27 @@ mod tests {
             Some("text/html; charset=utf-8")
         ));
         assert!(!looks_like_error_page(&rpm, Some("application/x-rpm")));
-        assert!(!first_bytes_plausible(
-            &rpm,
-            b"<html><body>login</body></html>"
-        ));
-        assert!(first_bytes_plausible(&rpm, &[0xed, 0xab, 0xee, 0xdb, 3, 0]));
+        assert_eq!(
+            check_first_bytes(&rpm, b"<html><body>login</body></html>"),
+            Err(BadStart::Html)
+        );
+        assert_eq!(
+            check_first_bytes(&rpm, &[0xed, 0xab, 0xee, 0xdb, 3, 0]),
+            Ok(())
+        );
+        assert_eq!(
+            check_first_bytes(&rpm, &[1, 2, 3, 4, 5]),
+            Err(BadStart::NotA("an RPM package"))
+        );
         let xml = RepoPath::parse_relative("repodata/repomd.xml").unwrap();
-        assert!(!first_bytes_plausible(&xml, b"  <!DOCTYPE html><html>"));
-        assert!(first_bytes_plausible(
-            &xml,
-            b"<?xml version=\"1.0\"?><repomd>"
-        ));
+        assert_eq!(
+            check_first_bytes(&xml, b"  <!DOCTYPE html><html>"),
+            Err(BadStart::Html)
+        );
+        assert_eq!(
+            check_first_bytes(&xml, b"<?xml version=\"1.0\"?><repomd>"),
+            Ok(())
+        );
         let page = RepoPath::parse_relative("index.html").unwrap();
         assert!(!looks_like_error_page(&page, Some("text/html")));
     }

@@ -408,3 +408,22 @@ fn an_unusable_partial_file_is_dropped() {
         .collect();
     assert_eq!(statuses, vec![416, 200], "{:?}", up.requests());
 }
+
+/// Bytes that cannot be what the name says (an ".rpm" without the RPM lead): a clean 502 that
+/// says why, never a 200 that gets cut, and nothing stored.
+#[test]
+fn a_body_that_is_not_what_its_name_says_is_a_clean_error() {
+    let site = Site::new(&[PkgSpec::new("lm-real", "1.0", 10_000)]);
+    let fake = site.repo.dir().join("Packages/fake-1.0-1.noarch.rpm");
+    std::fs::write(&fake, payload_bytes("fake", "1", 200_000)).unwrap();
+    let blobs = site.node.blob_files().len();
+    let r = site.node.get("/test/Packages/fake-1.0-1.noarch.rpm");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.complete);
+    assert!(r.text().contains("not an RPM package"), "{}", r.text());
+    assert_eq!(site.node.blob_files().len(), blobs);
+    assert!(
+        !site.node.log().contains("captive portal"),
+        "not called HTML"
+    );
+}
