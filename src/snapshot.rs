@@ -100,6 +100,29 @@ impl Snapshots {
         (!needs_check(s.checked_at, now_secs(), self.cfg.freshness())).then_some(s)
     }
 
+    /// The tree's snapshot if its repomd.xml and companions are all on disk. One whose files
+    /// are gone (removed by `verify`, or lost) counts as absent, so it is fetched anew.
+    fn load(&self, key: &str) -> Result<Option<Snapshot>, SnapshotError> {
+        let snap = self
+            .store
+            .snapshot(key)
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        Ok(snap.filter(|s| {
+            let intact = std::iter::once(&s.repomd)
+                .chain(s.companions.iter().map(|(_, b)| b))
+                .all(|b| {
+                    hash::parse_blob_id(b).is_some_and(|id| self.store.blob_path(&id).exists())
+                });
+            if !intact {
+                tracing::warn!(
+                    tree = key,
+                    "stored metadata snapshot is missing files; fetching it again"
+                );
+            }
+            intact
+        }))
+    }
+
     /// The snapshot to serve for a tree, refreshing it first when it is due and upstream is
     /// worth asking. Errors only when there is no snapshot at all.
     pub async fn current(
@@ -108,10 +131,7 @@ impl Snapshots {
         tree: &str,
     ) -> Result<Snapshot, SnapshotError> {
         let key = format!("{repo}/{tree}");
-        let snap = self
-            .store
-            .snapshot(&key)
-            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let snap = self.load(&key)?;
         let due = snap
             .as_ref()
             .is_none_or(|s| needs_check(s.checked_at, now_secs(), self.cfg.freshness()));
@@ -131,10 +151,7 @@ impl Snapshots {
                 Err(e) => self.note_failure(&key, SnapshotError::Store(e.to_string())),
             }
         }
-        let snap = self
-            .store
-            .snapshot(&key)
-            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let snap = self.load(&key)?;
         match snap {
             Some(s) => {
                 if needs_check(s.checked_at, now_secs(), self.cfg.freshness()) {
@@ -184,10 +201,7 @@ impl Snapshots {
         };
         let _guard = lock.lock().await;
         // Someone else may have refreshed while we queued.
-        let current = self
-            .store
-            .snapshot(&key)
-            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let current = self.load(&key)?;
         if let Some(s) = &current
             && !needs_check(s.checked_at, now_secs(), self.cfg.freshness())
         {

@@ -427,3 +427,37 @@ fn a_body_that_is_not_what_its_name_says_is_a_clean_error() {
         "not called HTML"
     );
 }
+
+/// `verify` removed a corrupted repomd.xml: the node fetches the tree's metadata again instead
+/// of failing on the missing file.
+#[test]
+fn a_snapshot_with_missing_files_is_fetched_again() {
+    let Site {
+        up,
+        mut node,
+        dir: _dir,
+        ..
+    } = Site::new(&[PkgSpec::new("lm-md", "1.0", 10_000)]);
+    let repomd = node.get("/test/repodata/repomd.xml").body;
+    node.stop();
+    let blob = node
+        .blob_files()
+        .into_iter()
+        .find(|b| std::fs::read(b).unwrap() == repomd)
+        .expect("repomd.xml's blob");
+    let mut bytes = repomd.clone();
+    bytes[10] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let (ok, report) = node.verify();
+    assert!(!ok, "{report}");
+    node.restart();
+    let r = node.get("/test/repodata/repomd.xml");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, repomd);
+    let refetched = up
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/repomd.xml"))
+        .count();
+    assert_eq!(refetched, 1, "{:?}", up.requests());
+}
