@@ -101,8 +101,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Verify { config } => {
             let cfg = load(config.as_ref())?;
             let dir = cfg.data_dir();
-            let (store, _) = Store::open(&dir)
+            let (store, rec) = Store::open(&dir)
                 .with_context(|| format!("opening the store in {}", dir.display()))?;
+            if rec.rows_dropped > 0 {
+                println!(
+                    "BAD {} blob(s) were missing or of the wrong size; their index rows were dropped (they will be fetched again when asked for)",
+                    rec.rows_dropped
+                );
+            }
+            if rec.temporaries + rec.orphan_blobs > 0 {
+                println!(
+                    "cleaned {} leftover temporary file(s) and {} unindexed blob file(s) of an interrupted run",
+                    rec.temporaries, rec.orphan_blobs
+                );
+            }
             eprintln!("verifying every blob in {} …", dir.display());
             let report = store
                 .verify(|i, n| {
@@ -121,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.bad.len(),
                 report.paths_dropped
             );
-            Ok(if report.bad.is_empty() {
+            Ok(if report.bad.is_empty() && rec.rows_dropped == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

@@ -686,7 +686,9 @@ impl Store {
                 let _ = std::fs::remove_file(self.blob_path(&id));
                 b.remove_blob(id);
             }
-            self.commit_blocking(b)?;
+            // Directly, not through the writer: this may run inside an async runtime, where
+            // waiting on the writer would block a worker; nothing else writes yet.
+            apply(&self.inner.db, b.0.iter())?;
         }
         Ok(rec)
     }

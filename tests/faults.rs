@@ -461,3 +461,43 @@ fn a_snapshot_with_missing_files_is_fetched_again() {
         .count();
     assert_eq!(refetched, 1, "{:?}", up.requests());
 }
+
+/// A blob file lost while the node was down (a crash after a disk problem, a careless
+/// cleanup): start-up recovery drops its rows, the node starts and fetches it again; and
+/// `verify` counts such a loss as something bad.
+#[test]
+fn a_blob_lost_while_stopped_is_recovered_at_start() {
+    let Site {
+        repo,
+        up,
+        mut node,
+        dir: _dir,
+    } = Site::new(&[PkgSpec::new("lm-lost", "1.0", 100_000)]);
+    let p = repo.package("lm-lost");
+    let blob_of_package = |node: &Node| {
+        node.blob_files()
+            .into_iter()
+            .find(|b| std::fs::metadata(b).unwrap().len() == p.size)
+            .expect("the package's blob")
+    };
+    assert_eq!(node.get(&format!("/test/{}", p.rel_path)).status, 200);
+    node.stop();
+    std::fs::remove_file(blob_of_package(&node)).unwrap();
+    node.restart();
+    assert!(
+        node.log().contains("start-up recovery"),
+        "{}",
+        node.log_tail(10)
+    );
+    up.clear_log();
+    let r = node.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    assert_eq!(up.count(&p.file_name), 1);
+
+    node.stop();
+    std::fs::write(blob_of_package(&node), b"short").unwrap();
+    let (ok, report) = node.verify();
+    assert!(!ok, "a lost blob is something bad: {report}");
+    assert!(report.contains("BAD"), "{report}");
+}
