@@ -15,7 +15,7 @@ pub enum PathError {
     NotAbsolute,
     #[error("bad percent-encoding")]
     BadEncoding,
-    #[error("path contains a forbidden byte (NUL, control character or backslash)")]
+    #[error("path contains a forbidden character (NUL, control, backslash, '%', '?' or '#')")]
     ForbiddenByte,
     #[error("path is not UTF-8")]
     NotUtf8,
@@ -94,7 +94,12 @@ fn check_segment(seg: &str) -> Result<(), PathError> {
     if seg == "." || seg == ".." {
         return Err(PathError::DotSegment);
     }
-    if seg.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\') {
+    // '%' would be decoded a second time by the upstream URL parser ("%2e%2e" is ".."),
+    // '?' and '#' would end the path there: none belongs in a repository file name.
+    if seg
+        .bytes()
+        .any(|b| b < 0x20 || b == 0x7f || matches!(b, b'\\' | b'%' | b'?' | b'#'))
+    {
         return Err(PathError::ForbiddenByte);
     }
     Ok(())
@@ -242,6 +247,10 @@ mod tests {
             ("/repo/a\\..\\b", ForbiddenByte),
             ("/repo/a%5c..%5cb", ForbiddenByte),
             ("/repo/a%0ab", ForbiddenByte),
+            ("/repo/%252e%252e/secret", ForbiddenByte),
+            ("/repo/a%253Fb.rpm", ForbiddenByte),
+            ("/repo/a%23b.rpm", ForbiddenByte),
+            ("/repo/a#b.rpm", ForbiddenByte),
             ("/repo/a%zz", BadEncoding),
             ("/repo/a%2", BadEncoding),
             ("/repo/%ff%fe", NotUtf8),

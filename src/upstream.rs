@@ -409,12 +409,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// `base` + `path`, with every byte of the path outside the URL-safe set percent-encoded, so
+/// the upstream URL names exactly the file the checked `RepoPath` names.
 pub fn join_url(base: &str, path: &str) -> String {
-    if base.ends_with('/') {
-        format!("{base}{path}")
-    } else {
-        format!("{base}/{path}")
+    let mut url = String::with_capacity(base.len() + path.len() + 1);
+    url.push_str(base);
+    if !base.ends_with('/') {
+        url.push('/');
     }
+    for b in path.bytes() {
+        let safe = b.is_ascii_alphanumeric() || b"-._~+!$&'()*,;=:@/".contains(&b);
+        if safe {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
 }
 
 #[cfg(test)]
@@ -431,6 +442,10 @@ mod tests {
         assert_eq!(parse_content_range("items 1-2/3"), None);
         assert_eq!(join_url("http://a/b", "c/d"), "http://a/b/c/d");
         assert_eq!(join_url("http://a/b/", "c/d"), "http://a/b/c/d");
+        assert_eq!(
+            join_url("http://a/", "P/lib c++-1.0 é.rpm"),
+            "http://a/P/lib%20c++-1.0%20%C3%A9.rpm"
+        );
     }
 
     #[test]

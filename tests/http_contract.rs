@@ -142,6 +142,9 @@ fn paths_leaving_the_repo_are_refused_before_any_io() {
         "/test/Packages/..%2f..%2fetc%2fpasswd",
         "/test/a%00.rpm",
         "/test/a%5c..%5cb.rpm",
+        "/test/%252e%252e/%252e%252e/etc/passwd",
+        "/test/Packages/a.rpm%3Fx=1",
+        "/test/Packages/a.rpm%23frag",
     ] {
         let out = raw(
             s.node.port(),
