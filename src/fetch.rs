@@ -32,6 +32,9 @@ use crate::stats::Stats;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
+/// Upstream attempts one transfer makes at most (resumes and restarts included).
+const MAX_ATTEMPTS: u32 = 16;
+
 /// Size of the pieces readers take from a growing file.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -60,6 +63,8 @@ impl Item {
 pub struct Done {
     pub blob: BlobId,
     pub size: u64,
+    /// The [`Phase::Streaming`] generation the stored bytes belong to.
+    pub generation: u32,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
 }
@@ -110,7 +115,14 @@ impl From<StoreError> for FetchError {
 #[derive(Debug, Clone)]
 pub enum Phase {
     Connecting,
-    Streaming { total: Option<u64>, written: u64 },
+    /// `generation` grows each time the transfer has to start over from byte 0 (upstream
+    /// ignored a resume, or the file changed): a reader that already sent bytes of an earlier
+    /// generation must fail rather than splice two versions together.
+    Streaming {
+        total: Option<u64>,
+        written: u64,
+        generation: u32,
+    },
     NotModified,
     Done(Done),
     Failed(FetchError),
@@ -127,6 +139,14 @@ pub struct Transfer {
 struct PartMeta {
     etag: Option<String>,
     last_modified: Option<String>,
+}
+
+/// After a restart from zero: the first `len` bytes held before, by hash, to compare the new
+/// bytes with once as many have arrived.
+struct PrefixCheck {
+    len: u64,
+    old: blake3::Hash,
+    new: blake3::Hasher,
 }
 
 /// Outcome of awaiting a transfer to its end.
@@ -282,9 +302,15 @@ impl Fetcher {
         file.seek(io::SeekFrom::Start(written))
             .await
             .map_err(io_err)?;
-        let resumed_from_disk = written > 0;
         let mut announced = written > 0;
+        let mut generation = 0u32;
+        let mut check: Option<PrefixCheck> = None;
+        let mut first_total: Option<Option<u64>> = None;
+        // Progress is measured against the most bytes ever held, so a mirror that breaks off
+        // at the same point after every restart from zero cannot keep us looping.
+        let mut best = written;
         let mut failures_without_progress = 0u32;
+        let mut attempts = 0u32;
 
         let (etag, last_modified) = loop {
             let ask = Ask {
@@ -305,10 +331,16 @@ impl Fetcher {
                     // range answer we cannot use): drop it and start over.
                     tracing::info!(repo = %item.repo, path = %item.path, status = code,
                         "upstream refused to resume; restarting from zero");
-                    file.set_len(0).await.map_err(io_err)?;
-                    file.seek(io::SeekFrom::Start(0)).await.map_err(io_err)?;
-                    written = 0;
-                    hasher = MultiHasher::new(also);
+                    Self::start_over(
+                        &mut file,
+                        &mut written,
+                        &mut hasher,
+                        &mut check,
+                        first_total.is_some(),
+                        also,
+                    )
+                    .await
+                    .map_err(io_err)?;
                     meta = PartMeta::default();
                     let _ = std::fs::remove_file(&meta_path);
                     continue;
@@ -323,10 +355,16 @@ impl Fetcher {
             };
             if !body.resumed && written > 0 {
                 tracing::info!(repo = %item.repo, path = %item.path, "upstream sent the whole file instead of the rest; restarting from zero");
-                file.set_len(0).await.map_err(io_err)?;
-                file.seek(io::SeekFrom::Start(0)).await.map_err(io_err)?;
-                written = 0;
-                hasher = MultiHasher::new(also);
+                Self::start_over(
+                    &mut file,
+                    &mut written,
+                    &mut hasher,
+                    &mut check,
+                    first_total.is_some(),
+                    also,
+                )
+                .await
+                .map_err(io_err)?;
             }
             meta = PartMeta {
                 etag: body.etag.clone(),
@@ -346,11 +384,19 @@ impl Fetcher {
                 )));
             }
             let total = want_size.or(body.total);
+            if first_total.is_some_and(|t| t != total) {
+                // A different length than clients were told: they must not end cleanly.
+                generation += 1;
+            }
+            first_total.get_or_insert(total);
             if announced {
-                tx.send_replace(Phase::Streaming { total, written });
+                tx.send_replace(Phase::Streaming {
+                    total,
+                    written,
+                    generation,
+                });
             }
 
-            let progress_before = written;
             let mut broke = None;
             let mut stream = body.response.bytes_stream();
             while let Some(chunk) = stream.next().await {
@@ -382,7 +428,11 @@ impl Fetcher {
                 if !announced {
                     // Readers are told only once the start of the body looked right, so a
                     // refused body is a clean error answer rather than a cut one.
-                    tx.send_replace(Phase::Streaming { total, written });
+                    tx.send_replace(Phase::Streaming {
+                        total,
+                        written,
+                        generation,
+                    });
                     announced = true;
                 }
                 if let Some(t) = total
@@ -399,11 +449,30 @@ impl Fetcher {
                     io_err(e)
                 })?;
                 hasher.update(&chunk);
+                let before = written;
                 written += chunk.len() as u64;
                 Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                if let Some(c) = &mut check {
+                    let upto = (c.len.saturating_sub(before) as usize).min(chunk.len());
+                    c.new.update(&chunk[..upto]);
+                    if written >= c.len {
+                        if c.new.finalize() != c.old {
+                            // Not the bytes readers already sent: they must fail, not splice.
+                            generation += 1;
+                            tracing::info!(repo = %item.repo, path = %item.path, "upstream file changed during the transfer; clients mid-way were cut");
+                        }
+                        check = None;
+                    }
+                }
                 tx.send_modify(|p| {
-                    if let Phase::Streaming { written: w, .. } = p {
+                    if let Phase::Streaming {
+                        written: w,
+                        generation: g,
+                        ..
+                    } = p
+                    {
                         *w = written;
+                        *g = generation;
                     }
                 });
             }
@@ -417,27 +486,44 @@ impl Fetcher {
             match broke {
                 None => break (body.etag, body.last_modified),
                 Some(why) => {
-                    if written > progress_before {
+                    attempts += 1;
+                    if written > best {
+                        best = written;
                         failures_without_progress = 0;
                     } else {
                         failures_without_progress += 1;
                     }
-                    if failures_without_progress > self.retries {
+                    if failures_without_progress > self.retries || attempts > MAX_ATTEMPTS {
                         // Keep the partial file: the next request resumes it.
                         return Err(FetchError::Interrupted(why));
                     }
                     tracing::info!(repo = %item.repo, path = %item.path, at = written, reason = %why, "transfer broke off; resuming");
                     if meta.etag.is_none() && meta.last_modified.is_none() {
                         // Nothing to validate a resume with: start over.
-                        file.set_len(0).await.map_err(io_err)?;
-                        file.seek(io::SeekFrom::Start(0)).await.map_err(io_err)?;
-                        written = 0;
-                        hasher = MultiHasher::new(also);
+                        Self::start_over(
+                            &mut file,
+                            &mut written,
+                            &mut hasher,
+                            &mut check,
+                            first_total.is_some(),
+                            also,
+                        )
+                        .await
+                        .map_err(io_err)?;
+                        tx.send_replace(Phase::Streaming {
+                            total,
+                            written,
+                            generation,
+                        });
                     }
                 }
             }
         };
 
+        if check.is_some() {
+            // The new file is shorter than what readers may already have sent.
+            generation += 1;
+        }
         let digests = std::mem::replace(&mut hasher, MultiHasher::new(None)).finish();
         if let Some(exp) = &item.expected {
             let size_ok = exp.size.is_none_or(|s| s == digests.len);
@@ -457,12 +543,8 @@ impl Fetcher {
                     exp.size.map_or("?".into(), |s| s.to_string()),
                     exp.checksum.to_hex()
                 );
-                if resumed_from_disk {
-                    // The old partial file may have been bad; one clean try from zero (the
-                    // partial file is gone now, so the retry cannot resume again).
-                    tracing::warn!(repo = %item.repo, "resumed download failed verification ({what}); retrying from zero");
-                    return Box::pin(self.run(item, part, tx)).await;
-                }
+                // The partial file is gone, so if a resumed download was the culprit, the
+                // next request starts from zero.
                 return Err(FetchError::Verify(what));
             }
         }
@@ -493,9 +575,34 @@ impl Fetcher {
         Ok(Finished::Stored(Done {
             blob: digests.blake3,
             size: digests.len,
+            generation,
             etag,
             last_modified,
         }))
+    }
+
+    /// Empties the part file to start over from byte 0. Readers may already have sent the
+    /// old bytes on, so the new ones are compared with them as they come ([`PrefixCheck`]).
+    async fn start_over(
+        file: &mut tokio::fs::File,
+        written: &mut u64,
+        hasher: &mut MultiHasher,
+        check: &mut Option<PrefixCheck>,
+        exposed: bool,
+        also: Option<crate::repodata::ChecksumAlgo>,
+    ) -> io::Result<()> {
+        if exposed && *written > 0 && check.is_none() {
+            *check = Some(PrefixCheck {
+                len: *written,
+                old: hasher.blake3_so_far(),
+                new: blake3::Hasher::new(),
+            });
+        }
+        file.set_len(0).await?;
+        file.seek(io::SeekFrom::Start(0)).await?;
+        *written = 0;
+        *hasher = MultiHasher::new(also);
+        Ok(())
     }
 
     fn discard(&self, part: &PathBuf, meta: &PathBuf) {
@@ -551,6 +658,11 @@ impl Transfer {
             rx: watch::Receiver<Phase>,
             file: Option<Arc<std::fs::File>>,
             offset: u64,
+            /// The generation of the bytes sent so far.
+            generation: u32,
+        }
+        fn fail(msg: &str) -> Option<(io::Result<Bytes>, Option<St>)> {
+            Some((Err(io::Error::other(msg.to_string())), None))
         }
         let rx = self.rx.clone();
         let st = St {
@@ -559,74 +671,85 @@ impl Transfer {
             rx,
             file: None,
             offset: 0,
+            generation: 0,
         };
         futures_util::stream::unfold(Some(st), |st| async move {
             let mut st = st?;
             loop {
                 let phase = st.rx.borrow_and_update().clone();
-                let avail = match &phase {
+                let (avail, generation, done) = match &phase {
                     // The last byte is held back until the transfer is verified, so a
                     // failed check can never look like a complete answer.
-                    Phase::Streaming { written, total } => Some(match total {
-                        Some(t) => (*written).min(t.saturating_sub(1)),
-                        None => *written,
-                    }),
-                    Phase::Done(d) => Some(d.size),
-                    Phase::Failed(e) => {
-                        return Some((Err(io::Error::other(e.to_string())), None));
-                    }
-                    Phase::NotModified => return None,
-                    Phase::Connecting => None,
-                };
-                if let Some(avail) = avail
-                    && st.offset < avail
-                {
-                    if st.file.is_none() {
-                        // The part file, or the blob it became if the transfer already finished.
-                        let f = match std::fs::File::open(&st.t.part) {
-                            Ok(f) if !matches!(phase, Phase::Done(_)) => Ok(f),
-                            _ => match &phase {
-                                Phase::Done(d) => std::fs::File::open(st.store.blob_path(&d.blob)),
-                                _ => std::fs::File::open(&st.t.part),
-                            },
+                    Phase::Streaming {
+                        written,
+                        total,
+                        generation,
+                    } => {
+                        let avail = match total {
+                            Some(t) => (*written).min(t.saturating_sub(1)),
+                            None => *written,
                         };
-                        match f {
+                        (avail, *generation, None)
+                    }
+                    Phase::Done(d) => (d.size, d.generation, Some(d.blob)),
+                    Phase::Failed(e) => return fail(&e.to_string()),
+                    Phase::NotModified => return None,
+                    Phase::Connecting => (0, st.generation, None),
+                };
+                if generation != st.generation {
+                    if st.offset > 0 {
+                        return fail(
+                            "upstream sent the file anew mid-transfer; this answer is aborted, ask again",
+                        );
+                    }
+                    st.generation = generation;
+                }
+                if st.offset < avail {
+                    if st.file.is_none() {
+                        // The part file, or the blob it became once the transfer finished.
+                        let opened = match done {
+                            Some(blob) => std::fs::File::open(st.store.blob_path(&blob)),
+                            None => std::fs::File::open(&st.t.part),
+                        };
+                        match opened {
                             Ok(f) => st.file = Some(Arc::new(f)),
+                            // Renamed into the store just now: wait for Done, then open the blob.
+                            Err(e) if e.kind() == io::ErrorKind::NotFound && done.is_none() => {}
                             Err(e) => return Some((Err(e), None)),
                         }
                     }
-                    let f = st.file.clone()?;
-                    let (off, want) = (
-                        st.offset,
-                        (avail - st.offset).min(READ_CHUNK as u64) as usize,
-                    );
-                    let r = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; want];
-                        let n = f.read_at(&mut buf, off)?;
-                        buf.truncate(n);
-                        Ok::<_, io::Error>(buf)
-                    })
-                    .await;
-                    match r {
-                        Ok(Ok(buf)) if !buf.is_empty() => {
-                            st.offset += buf.len() as u64;
-                            return Some((Ok(Bytes::from(buf)), Some(st)));
+                    if let Some(f) = st.file.clone() {
+                        let (off, want) = (
+                            st.offset,
+                            (avail - st.offset).min(READ_CHUNK as u64) as usize,
+                        );
+                        let r = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; want];
+                            let n = f.read_at(&mut buf, off)?;
+                            buf.truncate(n);
+                            Ok::<_, io::Error>(buf)
+                        })
+                        .await;
+                        match r {
+                            Ok(Ok(buf)) if !buf.is_empty() => {
+                                st.offset += buf.len() as u64;
+                                return Some((Ok(Bytes::from(buf)), Some(st)));
+                            }
+                            Ok(Ok(_)) if done.is_some() => {
+                                return fail("stored file is shorter than its recorded size");
+                            }
+                            Ok(Ok(_)) => {} // the writer truncated for a restart: wait
+                            Ok(Err(e)) => return Some((Err(e), None)),
+                            Err(e) => return Some((Err(io::Error::other(e)), None)),
                         }
-                        Ok(Ok(_)) => {} // raced a restart from zero: wait for bytes
-                        Ok(Err(e)) => return Some((Err(e), None)),
-                        Err(e) => return Some((Err(io::Error::other(e)), None)),
                     }
-                } else if matches!(phase, Phase::Done(_)) {
+                } else if done.is_some() {
                     return None;
                 }
-                if st.rx.changed().await.is_err() {
-                    let final_phase = st.rx.borrow().clone();
-                    if !matches!(final_phase, Phase::Done(_)) {
-                        return Some((
-                            Err(io::Error::other("transfer ended without a result")),
-                            None,
-                        ));
-                    }
+                if st.rx.changed().await.is_err()
+                    && !matches!(*st.rx.borrow(), Phase::Done(_) | Phase::Failed(_))
+                {
+                    return fail("transfer ended without a result");
                 }
             }
         })

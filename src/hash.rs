@@ -101,6 +101,11 @@ impl MultiHasher {
         self.len += data.len() as u64;
     }
 
+    /// BLAKE3 of the bytes so far, without ending the stream.
+    pub fn blake3_so_far(&self) -> blake3::Hash {
+        self.blake3.finalize()
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }

@@ -501,3 +501,39 @@ fn a_blob_lost_while_stopped_is_recovered_at_start() {
     assert!(!ok, "a lost blob is something bad: {report}");
     assert!(report.contains("BAD"), "{report}");
 }
+
+/// The file changes upstream while a client is mid-way, and the mirror answers the resume with
+/// the whole new file: the client that got the old beginning is cut off (never handed a
+/// spliced file as complete); the next client gets the new file whole.
+#[test]
+fn a_file_changing_mid_transfer_is_never_spliced() {
+    let site = Site::new(&[PkgSpec::new("lm-any", "1.0", 10_000)]);
+    let img = site.repo.dir().join("images/boot.img");
+    std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+    std::fs::write(&img, payload_bytes("boot", "1", 1 << 20)).unwrap();
+    let new = payload_bytes("boot", "2", 1 << 20);
+    site.up.throttle(Some(512 << 10));
+    site.up.cut_after("boot.img", 300_000, 1);
+    site.up.ignore_ranges("boot.img", true);
+    let url = format!("{}/test/images/boot.img", site.node.url());
+    let r = std::thread::scope(|s| {
+        let client = s.spawn(|| http_get(&url, &[]));
+        assert!(
+            wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+                partial_bytes(&site.node) > 100_000
+            }),
+            "download never got going"
+        );
+        std::fs::write(&img, &new).unwrap();
+        client.join().unwrap()
+    });
+    assert!(
+        !(r.status == 200 && r.complete),
+        "old beginning + new rest handed out as a complete file"
+    );
+    site.up.throttle(None);
+    let r = site.node.get("/test/images/boot.img");
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.body, new);
+}
