@@ -63,7 +63,7 @@ pub enum ServeError {
     NotFound,
     #[error("only GET and HEAD are served")]
     Method,
-    #[error("upstream: {0}")]
+    #[error("{0}")]
     Fetch(FetchError),
     #[error("metadata: {0}")]
     Snapshot(SnapshotError),
@@ -85,6 +85,8 @@ impl ServeError {
                     StatusCode::GATEWAY_TIMEOUT
                 } else if e.is_disk_full() {
                     StatusCode::INSUFFICIENT_STORAGE
+                } else if matches!(e, FetchError::Store(_)) {
+                    StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     StatusCode::BAD_GATEWAY
                 }
@@ -216,6 +218,10 @@ enum Head {
 
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, first: bool) -> io::Result<Head> {
     let mut scanned: usize = 0;
+    // One deadline for the whole head (a byte every few seconds does not keep a slot), and
+    // a longer one for an idle keep-alive connection before its next request starts.
+    let mut deadline =
+        tokio::time::Instant::now() + if first { HEAD_TIMEOUT } else { IDLE_TIMEOUT };
     loop {
         if let Some(i) = buf[scanned.saturating_sub(3)..]
             .windows(4)
@@ -227,13 +233,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, first: bool) -> io
         if buf.len() >= MAX_HEAD {
             return Ok(Head::TooLarge);
         }
-        let wait = if first || !buf.is_empty() {
-            HEAD_TIMEOUT
-        } else {
-            IDLE_TIMEOUT
-        };
+        if !first && !buf.is_empty() {
+            deadline = deadline.min(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        }
         buf.reserve(4096);
-        let n = match tokio::time::timeout(wait, stream.read_buf(buf)).await {
+        let n = match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             Ok(r) => r?,
             Err(_) => return Ok(Head::Closed),
         };

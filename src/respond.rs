@@ -109,6 +109,11 @@ pub fn plan(c: &Conditions<'_>, f: &FileInfo) -> Plan {
         RangeRequest::Full => Plan::Full,
         RangeRequest::Unsatisfiable => Plan::Unsatisfiable,
         RangeRequest::Ranges(mut rs) if rs.len() == 1 => Plan::Single(rs.remove(0)),
+        // Ranges adding up to more than the file (e.g. 256 × "0-") would turn one request
+        // into a huge answer: the whole file once is the legal, cheaper reply.
+        RangeRequest::Ranges(rs) if rs.iter().map(|r| r.end - r.start).sum::<u64>() > f.len => {
+            Plan::Full
+        }
         RangeRequest::Ranges(rs) => Plan::Multi(rs),
     }
 }
@@ -190,6 +195,11 @@ mod tests {
             Plan::Multi(vec![0..1, 10..20])
         );
         assert_eq!(plan(&c(Some("bytes=5000-")), &f), Plan::Unsatisfiable);
+        assert_eq!(
+            plan(&c(Some("bytes=0-,0-,0-")), &f),
+            Plan::Full,
+            "amplification refused"
+        );
         // If-Range with another validator: the whole file.
         let mut cc = c(Some("bytes=0-9"));
         cc.if_range = Some("\"other\"");

@@ -25,6 +25,11 @@ use crate::repodata::{self, Compression, RepoMdRecord};
 use crate::stats::Stats;
 use crate::store::{Batch, Expected, PathEntry, Snapshot, Store, now_secs};
 
+/// How long a request for repomd.xml waits for a refresh when a snapshot can be served.
+const REFRESH_WAIT: Duration = Duration::from_secs(5);
+/// Longest pause before a failed refresh is tried again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Metadata files fetched at most this many at once during a refresh.
 const PARALLEL_METADATA: usize = 4;
 
@@ -138,17 +143,37 @@ impl Snapshots {
         if !due {
             return snap.ok_or_else(|| SnapshotError::Store("snapshot vanished".into()));
         }
-        let recent_failure = self.recent_failure(&key);
-        if recent_failure.is_none() && !self.fetcher.upstream().is_offline(repo) {
-            // Refresh in a task of its own: a client that goes away does not cancel it, and
-            // clients that arrive meanwhile queue on the tree's lock, then find it fresh.
-            let me = self.clone();
-            let (repo2, tree2) = (repo.to_string(), tree.to_string());
-            let res = tokio::spawn(async move { me.refresh_once(&repo2, &tree2).await }).await;
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.note_failure(&key, e),
-                Err(e) => self.note_failure(&key, SnapshotError::Store(e.to_string())),
+        if self.recent_failure(&key).is_none() && !self.fetcher.upstream().is_offline(repo) {
+            let lock = self.tree_lock(&key)?;
+            // The refresh runs as a task of its own holding the tree's lock: a client that goes
+            // away does not cancel it, and clients that arrive meanwhile wait on the lock.
+            if let Ok(guard) = lock.clone().try_lock_owned() {
+                let me = self.clone();
+                let (repo2, tree2, key2) = (repo.to_string(), tree.to_string(), key.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.refresh_locked(&repo2, &tree2).await {
+                        me.note_failure(&key2, e);
+                    }
+                    drop(guard);
+                    me.prune();
+                });
+            }
+            // With a snapshot in hand, wait only briefly: over a slow uplink the new metadata
+            // can take minutes, and dnf gives up on a silent answer after 30 s. The refresh
+            // goes on, and the next request gets its result.
+            if snap.is_some() {
+                if tokio::time::timeout(REFRESH_WAIT, lock.lock())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(
+                        repo,
+                        tree,
+                        "metadata refresh still running; serving the current snapshot meanwhile"
+                    );
+                }
+            } else {
+                let _ = lock.lock().await;
             }
         }
         let snap = self.load(&key)?;
@@ -163,7 +188,7 @@ impl Snapshots {
                     {
                         tracing::warn!(repo, tree, revision = %s.revision,
                             age_secs = now_secs().saturating_sub(s.checked_at),
-                            "serving stale metadata: upstream could not confirm it (see the previous warning for why)");
+                            "serving stale metadata: upstream has not confirmed it (a refresh is still running or failed; see above)");
                     }
                 }
                 Ok(s)
@@ -177,7 +202,12 @@ impl Snapshots {
     fn recent_failure(&self, key: &str) -> Option<SnapshotError> {
         let f = self.failed.lock().ok()?;
         let (at, e) = f.get(key)?;
-        (at.elapsed() < self.cfg.freshness()).then(|| e.clone())
+        (at.elapsed() < self.failure_backoff()).then(|| e.clone())
+    }
+
+    /// How long a failed refresh is not retried: the freshness window, at most 30 s.
+    fn failure_backoff(&self) -> Duration {
+        self.cfg.freshness().min(FAILURE_BACKOFF)
     }
 
     fn note_failure(&self, key: &str, e: SnapshotError) {
@@ -190,17 +220,30 @@ impl Snapshots {
         }
     }
 
-    async fn refresh_once(&self, repo: &str, tree: &str) -> Result<(), SnapshotError> {
+    fn tree_lock(&self, key: &str) -> Result<Arc<tokio::sync::Mutex<()>>, SnapshotError> {
+        let mut l = self
+            .locks
+            .lock()
+            .map_err(|_| SnapshotError::Store("lock poisoned".into()))?;
+        Ok(l.entry(key.to_string()).or_default().clone())
+    }
+
+    /// Forgets locks nobody holds and failures past their back-off, so the maps do not grow
+    /// with the tree names clients make up.
+    fn prune(&self) {
+        if let Ok(mut l) = self.locks.lock() {
+            l.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        let backoff = self.failure_backoff();
+        if let Ok(mut f) = self.failed.lock() {
+            f.retain(|_, (at, _)| at.elapsed() < backoff);
+        }
+    }
+
+    /// Refreshes a tree; the caller holds its lock.
+    async fn refresh_locked(&self, repo: &str, tree: &str) -> Result<(), SnapshotError> {
         let key = format!("{repo}/{tree}");
-        let lock = {
-            let mut l = self
-                .locks
-                .lock()
-                .map_err(|_| SnapshotError::Store("lock poisoned".into()))?;
-            l.entry(key.clone()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        // Someone else may have refreshed while we queued.
+        // Someone else may have refreshed just before.
         let current = self.load(&key)?;
         if let Some(s) = &current
             && !needs_check(s.checked_at, now_secs(), self.cfg.freshness())

@@ -177,3 +177,30 @@ fn the_same_package_under_two_paths_is_one_blob() {
         .count();
     assert_eq!(copies, 1);
 }
+
+/// Over a slow uplink new metadata takes long to arrive: clients are not kept waiting for it
+/// (dnf gives up on a silent answer), they get the current snapshot, and the new one once
+/// it is complete.
+#[test]
+fn a_slow_refresh_serves_the_current_snapshot_meanwhile() {
+    let mut site = Site::with(&[PkgSpec::new("lm-slow", "1.0", 10_000)], |o| {
+        o.read_timeout_secs = 30
+    });
+    let old = site.node.get("/test/repodata/repomd.xml").body;
+    site.repo.add(&PkgSpec::new("lm-slow", "2.0", 10_000));
+    std::thread::sleep(Duration::from_millis(2100));
+    site.up
+        .delay_headers("-primary.xml", Some(Duration::from_secs(8)));
+    let r = site.node.get("/test/repodata/repomd.xml");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body, old,
+        "the previous snapshot, not a half-fetched new one"
+    );
+    assert!(r.elapsed < Duration::from_secs(7), "waited {:?}", r.elapsed);
+    let switched = wait_until(Duration::from_secs(20), Duration::from_millis(250), || {
+        site.node.get("/test/repodata/repomd.xml").body != old
+    });
+    assert!(switched, "the refresh finished in the background");
+    let _ = &mut site;
+}
