@@ -189,6 +189,17 @@ fn stored_hit(node: &Node, repo: &str, path: &RepoPath) -> Option<Hit> {
         }
         kind => {
             let key = format!("{repo}/{path}");
+            if pinned_by_snapshot(path) {
+                // Simple-named metadata changes in place upstream: serve the bytes the
+                // snapshot in service names, by checksum, never a newer upstream copy.
+                if let Ok(Some(exp)) = node.store.expected(&key) {
+                    let blob = node.store.blob_by_checksum(&exp.checksum).ok()??;
+                    return Some(Hit {
+                        blob,
+                        modified: node.store.blob_meta(&blob).ok()??.stored_at,
+                    });
+                }
+            }
             if let Ok(Some(e)) = node.store.path_entry(&key) {
                 let fresh = kind == PathKind::Immutable
                     || !needs_check(e.checked_at, now_secs(), node.snapshots.freshness());
@@ -200,6 +211,12 @@ fn stored_hit(node: &Node, repo: &str, path: &RepoPath) -> Option<Hit> {
             None
         }
     }
+}
+
+/// Metadata files with simple (not checksum-prefixed) names: `repodata/primary.xml.gz` and
+/// the like. What they must be comes from the snapshot, not from their upstream freshness.
+fn pinned_by_snapshot(path: &RepoPath) -> bool {
+    path.kind() == PathKind::Mutable && path.parent_dir().ends_with("repodata/")
 }
 
 fn open_hit(node: &Node, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
@@ -692,12 +709,14 @@ async fn repo_request(
             let key = format!("{repo}/{path}");
             let store_err = |e: crate::store::StoreError| ServeError::Internal(e.to_string());
             let entry = node.store.path_entry(&key).map_err(store_err)?;
+            let expected = node.store.expected(&key).map_err(store_err)?;
+            let pinned = pinned_by_snapshot(&path) && expected.is_some();
             if kind == PathKind::Mutable
+                && !pinned
                 && let Some(e) = entry
             {
                 return revalidate(node, &repo, path, e, &c).await;
             }
-            let expected = node.store.expected(&key).map_err(store_err)?;
             // The same bytes may be stored under another path (e.g. /9/ and /9.6/).
             if let Some(exp) = &expected
                 && let Some(blob) = node

@@ -456,6 +456,7 @@ impl Snapshots {
             }
             return Ok((r, blob));
         }
+        let exp_check = exp.checksum.clone();
         let item = Item {
             repo: repo.into(),
             path: p.clone(),
@@ -464,7 +465,22 @@ impl Snapshots {
             revalidate: None,
         };
         match self.fetcher.fetch(item).await {
-            Ok(Finished::Stored(d)) => Ok((r, d.blob)),
+            Ok(Finished::Stored(d)) => {
+                // The transfer may have been one a client started without the checksum: check.
+                let meta = self.store.blob_meta(&d.blob).map_err(store_err)?;
+                let ok = meta.is_some_and(|m| m.checksums.contains(&exp_check));
+                if ok {
+                    Ok((r, d.blob))
+                } else {
+                    Err(SnapshotError::Fetch {
+                        path: p.to_string(),
+                        source: FetchError::Verify(format!(
+                            "does not match the {} repomd.xml names",
+                            exp_check.algo.name()
+                        )),
+                    })
+                }
+            }
             Ok(Finished::NotModified) => Err(SnapshotError::Store("unexpected 304".into())),
             Err(source) => Err(SnapshotError::Fetch {
                 path: p.to_string(),
@@ -484,6 +500,7 @@ impl Snapshots {
     ) -> Result<usize, SnapshotError> {
         let file = self.store.blob_path(&blob);
         let compression = Compression::from_href(href);
+        let repo_name = repo.to_string();
         let (repo, tree) = (repo.to_string(), tree.to_string());
         let rows = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&file).map_err(|e| SnapshotError::Store(e.to_string()))?;
@@ -510,8 +527,23 @@ impl Snapshots {
         .await
         .map_err(|e| SnapshotError::Store(e.to_string()))??;
         let n = rows.len();
+        let mut replaced = 0;
         for (k, e) in rows {
+            // A package rebuilt under the same file name: the stored copy is no longer it.
+            if let Ok(Some(pe)) = self.store.path_entry(&k)
+                && let Ok(Some(meta)) = self.store.blob_meta(&pe.blob)
+                && meta
+                    .checksums
+                    .iter()
+                    .any(|c| c.algo == e.checksum.algo && c.digest != e.checksum.digest)
+            {
+                batch.remove_path(k.clone());
+                replaced += 1;
+            }
             batch.put_expected(k, e);
+        }
+        if replaced > 0 {
+            tracing::info!(repo = %repo_name, packages = replaced, "packages changed upstream under the same name; the stored copies are dropped from the listing");
         }
         Ok(n)
     }

@@ -204,3 +204,66 @@ fn a_slow_refresh_serves_the_current_snapshot_meanwhile() {
     assert!(switched, "the refresh finished in the background");
     let _ = &mut site;
 }
+
+/// A package rebuilt upstream under the same file name: once the new metadata is in service,
+/// the node serves the new bytes, not its stored old copy (which dnf would reject).
+#[test]
+fn a_package_rebuilt_under_the_same_name_is_fetched_anew() {
+    let mut site = Site::new(&[PkgSpec::new("lm-re", "1.0", 100_000)]);
+    let old = site.repo.package("lm-re");
+    assert_eq!(sha256_hex(&site.get_pkg("lm-re").body), old.sha256_hex);
+    let new = site.repo.add(&PkgSpec::new("lm-re", "1.0", 120_000));
+    assert_eq!(new.file_name, old.file_name);
+    assert_ne!(new.sha256_hex, old.sha256_hex);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(site.node.get("/test/repodata/repomd.xml").status, 200);
+    let r = site.get_pkg("lm-re");
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), new.sha256_hex);
+}
+
+/// Repositories made with `--simple-md-filenames` change `repodata/primary.xml.gz` in place:
+/// the node serves the primary that matches the repomd.xml it serves, however old.
+#[test]
+fn simple_named_metadata_follows_the_snapshot() {
+    let mut site = Site::new(&[PkgSpec::new("lm-simple", "1.0", 10_000)]);
+    let simple = |dir: &std::path::Path| {
+        let st = Command::new("createrepo_c")
+            .args(["--simple-md-filenames", "--no-database", "--update"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    };
+    simple(site.repo.dir());
+    std::thread::sleep(Duration::from_millis(2100));
+    let repomd1 = site.node.get("/test/repodata/repomd.xml").text();
+    assert!(repomd1.contains("repodata/primary.xml.gz"), "{repomd1}");
+    let primary1 = site.node.get("/test/repodata/primary.xml.gz").body;
+    assert_eq!(
+        primary1,
+        std::fs::read(site.repo.dir().join("repodata/primary.xml.gz")).unwrap()
+    );
+
+    site.repo.add(&PkgSpec::new("lm-simple", "2.0", 10_000));
+    simple(site.repo.dir());
+    std::thread::sleep(Duration::from_millis(2100));
+    // Asked before repomd.xml: still the primary of the snapshot in service.
+    let r = site.node.get("/test/repodata/primary.xml.gz");
+    assert_eq!(
+        r.body, primary1,
+        "primary.xml.gz must match the repomd.xml being served"
+    );
+    let repomd2 = site.node.get("/test/repodata/repomd.xml").text();
+    assert_ne!(repomd1, repomd2);
+    let primary2 = site.node.get("/test/repodata/primary.xml.gz").body;
+    assert_ne!(primary2, primary1);
+    assert_eq!(
+        primary2,
+        std::fs::read(site.repo.dir().join("repodata/primary.xml.gz")).unwrap()
+    );
+}
