@@ -18,6 +18,9 @@ use crate::config::{Config, RepoConfig, UpstreamConfig};
 use crate::paths::RepoPath;
 use crate::repodata;
 
+/// Largest mirrorlist accepted.
+const MAX_MIRRORLIST: usize = 1 << 20;
+
 /// How long a repo counts as offline after every mirror failed.
 pub const OFFLINE_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -81,8 +84,8 @@ pub struct Upstream {
     client: reqwest::Client,
     cfg: UpstreamConfig,
     repos: HashMap<String, RepoConfig>,
-    /// Mirrors resolved from mirrorlists, per repo, fetched once.
-    mirrorlists: tokio::sync::Mutex<HashMap<String, Vec<String>>>,
+    /// Mirrors resolved from mirrorlists, per repo, and when (empty: resolution failed).
+    mirrorlists: tokio::sync::Mutex<HashMap<String, (Instant, Vec<String>)>>,
     offline_since: Mutex<HashMap<String, Instant>>,
     /// Mirror base URLs that were unreachable, and since when.
     mirror_down: Mutex<HashMap<String, Instant>>,
@@ -206,33 +209,50 @@ impl Upstream {
             return out;
         }
         let mut cache = self.mirrorlists.lock().await;
-        if !cache.contains_key(&repo.name) {
+        // Resolved once; a failed resolution is retried after the offline back-off, not on
+        // every request (the lock is held meanwhile).
+        let stale = cache
+            .get(&repo.name)
+            .is_none_or(|(at, m)| m.is_empty() && at.elapsed() >= OFFLINE_BACKOFF);
+        if stale {
             let mut found = Vec::new();
             for ml in &repo.mirrorlists {
-                match self.client.get(ml).send().await {
-                    Ok(r) if r.status().is_success() => match r.bytes().await {
-                        Ok(b) => found.extend(repodata::parse_mirrorlist(&b)),
-                        Err(e) => {
-                            tracing::warn!(repo = %repo.name, mirrorlist = %ml, error = %e, "mirrorlist read failed")
-                        }
-                    },
-                    Ok(r) => {
-                        tracing::warn!(repo = %repo.name, mirrorlist = %ml, status = %r.status(), "mirrorlist refused")
-                    }
+                match self.fetch_mirrorlist(ml).await {
+                    Ok(m) => found.extend(m),
                     Err(e) => {
-                        tracing::warn!(repo = %repo.name, mirrorlist = %ml, error = %e, "mirrorlist unreachable")
+                        tracing::warn!(repo = %repo.name, mirrorlist = %ml, error = %e, "mirrorlist unusable")
                     }
                 }
             }
             if !found.is_empty() {
                 tracing::info!(repo = %repo.name, mirrors = found.len(), "mirrorlist resolved");
-                cache.insert(repo.name.clone(), found);
             }
+            cache.insert(repo.name.clone(), (Instant::now(), found));
         }
-        if let Some(m) = cache.get(&repo.name) {
+        if let Some((_, m)) = cache.get(&repo.name) {
             out.extend(m.iter().cloned());
         }
         out
+    }
+
+    async fn fetch_mirrorlist(&self, url: &str) -> Result<Vec<String>, String> {
+        let mut r = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if !r.status().is_success() {
+            return Err(format!("answered {}", r.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = r.chunk().await.map_err(|e| error_chain(&e))? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_MIRRORLIST {
+                return Err(format!("larger than {MAX_MIRRORLIST} bytes"));
+            }
+        }
+        Ok(repodata::parse_mirrorlist(&body))
     }
 
     /// Opens `path` of `repo`: mirrors in order, each retried with backoff on errors and 5xx;
