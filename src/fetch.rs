@@ -141,6 +141,33 @@ struct PartMeta {
     last_modified: Option<String>,
 }
 
+/// Whether finished bytes are what metadata says (size and checksum); the reason if not.
+/// A checksum type this build cannot compute (md5) leaves the size and BLAKE3 as the checks.
+pub fn check_expected(
+    path: &RepoPath,
+    expected: Option<&Expected>,
+    got: &crate::hash::Digests,
+) -> Result<(), String> {
+    let Some(exp) = expected else {
+        return Ok(());
+    };
+    let size_ok = exp.size.is_none_or(|s| s == got.len);
+    let sum_ok = got.matches(&exp.checksum) != Some(false);
+    if size_ok && sum_ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{path} is {} bytes with {} {}, metadata says {} bytes with {}",
+        got.len,
+        exp.checksum.algo.name(),
+        got.get(exp.checksum.algo)
+            .map(|c| c.to_hex())
+            .unwrap_or_default(),
+        exp.size.map_or("?".into(), |s| s.to_string()),
+        exp.checksum.to_hex()
+    ))
+}
+
 /// After a restart from zero: the first `len` bytes held before, by hash, to compare the new
 /// bytes with once as many have arrived.
 struct PrefixCheck {
@@ -525,28 +552,12 @@ impl Fetcher {
             generation += 1;
         }
         let digests = std::mem::replace(&mut hasher, MultiHasher::new(None)).finish();
-        if let Some(exp) = &item.expected {
-            let size_ok = exp.size.is_none_or(|s| s == digests.len);
-            let sum_ok = digests.matches(&exp.checksum) != Some(false);
-            if !size_ok || !sum_ok {
-                self.discard(part, &meta_path);
-                Stats::inc(&self.stats.verify_failures);
-                let what = format!(
-                    "{} is {} bytes with {} {}, metadata says {} bytes with {}",
-                    item.path,
-                    digests.len,
-                    exp.checksum.algo.name(),
-                    digests
-                        .get(exp.checksum.algo)
-                        .map(|c| c.to_hex())
-                        .unwrap_or_default(),
-                    exp.size.map_or("?".into(), |s| s.to_string()),
-                    exp.checksum.to_hex()
-                );
-                // The partial file is gone, so if a resumed download was the culprit, the
-                // next request starts from zero.
-                return Err(FetchError::Verify(what));
-            }
+        if let Err(what) = check_expected(&item.path, item.expected.as_ref(), &digests) {
+            // The partial file goes too, so if a resumed download was the culprit, the next
+            // request starts from zero.
+            self.discard(part, &meta_path);
+            Stats::inc(&self.stats.verify_failures);
+            return Err(FetchError::Verify(what));
         }
 
         let std_file = file.into_std().await;
@@ -757,3 +768,45 @@ impl Transfer {
 }
 
 use std::io::Read as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repodata::{Checksum, ChecksumAlgo};
+
+    #[test]
+    fn finished_bytes_are_checked_against_metadata() {
+        let path = RepoPath::parse_relative("Packages/a.rpm").unwrap();
+        let mut h = MultiHasher::new(None);
+        h.update(b"package");
+        let got = h.finish();
+        let sha = got.get(ChecksumAlgo::Sha256).unwrap().clone();
+        let exp = |size, checksum| Expected { checksum, size };
+        assert_eq!(check_expected(&path, None, &got), Ok(()));
+        assert_eq!(
+            check_expected(&path, Some(&exp(Some(7), sha.clone())), &got),
+            Ok(())
+        );
+        assert_eq!(
+            check_expected(&path, Some(&exp(None, sha.clone())), &got),
+            Ok(())
+        );
+        let e = check_expected(&path, Some(&exp(Some(8), sha.clone())), &got).unwrap_err();
+        assert!(e.contains("metadata says 8 bytes"), "{e}");
+        let other = Checksum {
+            algo: ChecksumAlgo::Sha256,
+            digest: vec![0; 32],
+        };
+        assert!(check_expected(&path, Some(&exp(Some(7), other)), &got).is_err());
+        // md5 cannot be computed here: the size still decides.
+        let md5 = Checksum {
+            algo: ChecksumAlgo::Md5,
+            digest: vec![0; 16],
+        };
+        assert_eq!(
+            check_expected(&path, Some(&exp(Some(7), md5.clone())), &got),
+            Ok(())
+        );
+        assert!(check_expected(&path, Some(&exp(Some(6), md5)), &got).is_err());
+    }
+}
