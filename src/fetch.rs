@@ -168,6 +168,55 @@ pub fn check_expected(
     ))
 }
 
+/// The file a transfer writes and what is known of its bytes so far.
+struct Part {
+    file: tokio::fs::File,
+    written: u64,
+    hasher: MultiHasher,
+    /// Set by a restart from zero while readers may hold the old bytes.
+    check: Option<PrefixCheck>,
+    also: Option<crate::repodata::ChecksumAlgo>,
+}
+
+impl Part {
+    /// Empties the file to start over from byte 0. When readers may already have sent the old
+    /// bytes on (`exposed`), the new ones are compared with them as they come.
+    async fn start_over(&mut self, exposed: bool) -> io::Result<()> {
+        if exposed && self.written > 0 && self.check.is_none() {
+            self.check = Some(PrefixCheck {
+                len: self.written,
+                old: self.hasher.blake3_so_far(),
+                new: blake3::Hasher::new(),
+            });
+        }
+        self.file.set_len(0).await?;
+        self.file.seek(io::SeekFrom::Start(0)).await?;
+        self.written = 0;
+        self.hasher = MultiHasher::new(self.also);
+        Ok(())
+    }
+
+    /// Appends a chunk. True when the bytes now differ from those held before a restart
+    /// (readers that sent the old ones must fail).
+    async fn append(&mut self, chunk: &[u8]) -> io::Result<bool> {
+        self.file.write_all(chunk).await?;
+        self.hasher.update(chunk);
+        let before = self.written;
+        self.written += chunk.len() as u64;
+        let Some(c) = &mut self.check else {
+            return Ok(false);
+        };
+        let upto = (c.len.saturating_sub(before) as usize).min(chunk.len());
+        c.new.update(&chunk[..upto]);
+        if self.written < c.len {
+            return Ok(false);
+        }
+        let diverged = c.new.finalize() != c.old;
+        self.check = None;
+        Ok(diverged)
+    }
+}
+
 /// After a restart from zero: the first `len` bytes held before, by hash, to compare the new
 /// bytes with once as many have arrived.
 struct PrefixCheck {
@@ -307,12 +356,12 @@ impl Fetcher {
             .open(part)
             .await
             .map_err(io_err)?;
-        let mut written = if meta.etag.is_some() || meta.last_modified.is_some() {
+        let written = if meta.etag.is_some() || meta.last_modified.is_some() {
             file.metadata().await.map_err(io_err)?.len()
         } else {
             0
         };
-        let mut hasher = if written > 0 {
+        let hasher = if written > 0 {
             let p = part.clone();
             let h = tokio::task::spawn_blocking(move || {
                 std::fs::File::open(&p).and_then(|f| hash::hash_reader(f.take(written), also))
@@ -329,69 +378,57 @@ impl Fetcher {
         file.seek(io::SeekFrom::Start(written))
             .await
             .map_err(io_err)?;
-        let mut announced = written > 0;
+        let mut p = Part {
+            file,
+            written,
+            hasher,
+            check: None,
+            also,
+        };
+        let mut announced = p.written > 0;
         let mut generation = 0u32;
-        let mut check: Option<PrefixCheck> = None;
         let mut first_total: Option<Option<u64>> = None;
         // Progress is measured against the most bytes ever held, so a mirror that breaks off
         // at the same point after every restart from zero cannot keep us looping.
-        let mut best = written;
+        let mut best = p.written;
         let mut failures_without_progress = 0u32;
         let mut attempts = 0u32;
 
         let (etag, last_modified) = loop {
             let ask = Ask {
-                from: written,
+                from: p.written,
                 if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
                 if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
                 if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
             };
             let body = match self.upstream.open(&item.repo, &item.path, &ask).await {
                 Ok(Opened::NotModified) => {
-                    drop(file);
+                    drop(p);
                     let _ = std::fs::remove_file(part);
                     return Ok(Finished::NotModified);
                 }
                 Ok(Opened::Body(b)) => b,
-                Err(UpstreamError::Status(code)) if written > 0 => {
+                Err(UpstreamError::Status(code)) if p.written > 0 => {
                     // The partial file does not fit upstream's file (416 past its end, or a
                     // range answer we cannot use): drop it and start over.
                     tracing::info!(repo = %item.repo, path = %item.path, status = code,
                         "upstream refused to resume; restarting from zero");
-                    Self::start_over(
-                        &mut file,
-                        &mut written,
-                        &mut hasher,
-                        &mut check,
-                        first_total.is_some(),
-                        also,
-                    )
-                    .await
-                    .map_err(io_err)?;
+                    p.start_over(first_total.is_some()).await.map_err(io_err)?;
                     meta = PartMeta::default();
                     let _ = std::fs::remove_file(&meta_path);
                     continue;
                 }
                 Err(e) => {
-                    if written == 0 {
-                        drop(file);
+                    if p.written == 0 {
+                        drop(p);
                         let _ = std::fs::remove_file(part);
                     }
                     return Err(e.into());
                 }
             };
-            if !body.resumed && written > 0 {
+            if !body.resumed && p.written > 0 {
                 tracing::info!(repo = %item.repo, path = %item.path, "upstream sent the whole file instead of the rest; restarting from zero");
-                Self::start_over(
-                    &mut file,
-                    &mut written,
-                    &mut hasher,
-                    &mut check,
-                    first_total.is_some(),
-                    also,
-                )
-                .await
-                .map_err(io_err)?;
+                p.start_over(first_total.is_some()).await.map_err(io_err)?;
             }
             meta = PartMeta {
                 etag: body.etag.clone(),
@@ -419,7 +456,7 @@ impl Fetcher {
             if announced {
                 tx.send_replace(Phase::Streaming {
                     total,
-                    written,
+                    written: p.written,
                     generation,
                 });
             }
@@ -434,7 +471,7 @@ impl Fetcher {
                         break;
                     }
                 };
-                if written == 0
+                if p.written == 0
                     && let Err(bad) = upstream::check_first_bytes(&item.path, &chunk)
                 {
                     self.discard(part, &meta_path);
@@ -457,13 +494,13 @@ impl Fetcher {
                     // refused body is a clean error answer rather than a cut one.
                     tx.send_replace(Phase::Streaming {
                         total,
-                        written,
+                        written: p.written,
                         generation,
                     });
                     announced = true;
                 }
                 if let Some(t) = total
-                    && written + chunk.len() as u64 > t
+                    && p.written + chunk.len() as u64 > t
                 {
                     self.discard(part, &meta_path);
                     return Err(FetchError::Verify(format!(
@@ -471,51 +508,41 @@ impl Fetcher {
                         body.url
                     )));
                 }
-                file.write_all(&chunk).await.map_err(|e| {
+                let diverged = p.append(&chunk).await.map_err(|e| {
                     self.discard(part, &meta_path);
                     io_err(e)
                 })?;
-                hasher.update(&chunk);
-                let before = written;
-                written += chunk.len() as u64;
                 Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
-                if let Some(c) = &mut check {
-                    let upto = (c.len.saturating_sub(before) as usize).min(chunk.len());
-                    c.new.update(&chunk[..upto]);
-                    if written >= c.len {
-                        if c.new.finalize() != c.old {
-                            // Not the bytes readers already sent: they must fail, not splice.
-                            generation += 1;
-                            tracing::info!(repo = %item.repo, path = %item.path, "upstream file changed during the transfer; clients mid-way were cut");
-                        }
-                        check = None;
-                    }
+                if diverged {
+                    // Not the bytes readers already sent: they must fail, not splice.
+                    generation += 1;
+                    tracing::info!(repo = %item.repo, path = %item.path, "upstream file changed during the transfer; clients mid-way were cut");
                 }
-                tx.send_modify(|p| {
+                tx.send_modify(|phase| {
                     if let Phase::Streaming {
                         written: w,
                         generation: g,
                         ..
-                    } = p
+                    } = phase
                     {
-                        *w = written;
+                        *w = p.written;
                         *g = generation;
                     }
                 });
             }
-            file.flush().await.map_err(io_err)?;
+            p.file.flush().await.map_err(io_err)?;
             if broke.is_none()
                 && let Some(t) = total
-                && written < t
+                && p.written < t
             {
-                broke = Some(format!("body ended after {written} of {t} bytes"));
+                broke = Some(format!("body ended after {} of {t} bytes", p.written));
             }
             match broke {
                 None => break (body.etag, body.last_modified),
                 Some(why) => {
                     attempts += 1;
-                    if written > best {
-                        best = written;
+                    if p.written > best {
+                        best = p.written;
                         failures_without_progress = 0;
                     } else {
                         failures_without_progress += 1;
@@ -524,22 +551,13 @@ impl Fetcher {
                         // Keep the partial file: the next request resumes it.
                         return Err(FetchError::Interrupted(why));
                     }
-                    tracing::info!(repo = %item.repo, path = %item.path, at = written, reason = %why, "transfer broke off; resuming");
+                    tracing::info!(repo = %item.repo, path = %item.path, at = p.written, reason = %why, "transfer broke off; resuming");
                     if meta.etag.is_none() && meta.last_modified.is_none() {
                         // Nothing to validate a resume with: start over.
-                        Self::start_over(
-                            &mut file,
-                            &mut written,
-                            &mut hasher,
-                            &mut check,
-                            first_total.is_some(),
-                            also,
-                        )
-                        .await
-                        .map_err(io_err)?;
+                        p.start_over(first_total.is_some()).await.map_err(io_err)?;
                         tx.send_replace(Phase::Streaming {
                             total,
-                            written,
+                            written: p.written,
                             generation,
                         });
                     }
@@ -547,11 +565,11 @@ impl Fetcher {
             }
         };
 
-        if check.is_some() {
+        if p.check.is_some() {
             // The new file is shorter than what readers may already have sent.
             generation += 1;
         }
-        let digests = std::mem::replace(&mut hasher, MultiHasher::new(None)).finish();
+        let digests = std::mem::replace(&mut p.hasher, MultiHasher::new(None)).finish();
         if let Err(what) = check_expected(&item.path, item.expected.as_ref(), &digests) {
             // The partial file goes too, so if a resumed download was the culprit, the next
             // request starts from zero.
@@ -560,7 +578,7 @@ impl Fetcher {
             return Err(FetchError::Verify(what));
         }
 
-        let std_file = file.into_std().await;
+        let std_file = p.file.into_std().await;
         let store = self.store.clone();
         let (p, d) = (part.clone(), digests.clone());
         tokio::task::spawn_blocking(move || store.install_blob(&std_file, &p, &d))
@@ -590,30 +608,6 @@ impl Fetcher {
             etag,
             last_modified,
         }))
-    }
-
-    /// Empties the part file to start over from byte 0. Readers may already have sent the
-    /// old bytes on, so the new ones are compared with them as they come ([`PrefixCheck`]).
-    async fn start_over(
-        file: &mut tokio::fs::File,
-        written: &mut u64,
-        hasher: &mut MultiHasher,
-        check: &mut Option<PrefixCheck>,
-        exposed: bool,
-        also: Option<crate::repodata::ChecksumAlgo>,
-    ) -> io::Result<()> {
-        if exposed && *written > 0 && check.is_none() {
-            *check = Some(PrefixCheck {
-                len: *written,
-                old: hasher.blake3_so_far(),
-                new: blake3::Hasher::new(),
-            });
-        }
-        file.set_len(0).await?;
-        file.seek(io::SeekFrom::Start(0)).await?;
-        *written = 0;
-        *hasher = MultiHasher::new(also);
-        Ok(())
     }
 
     fn discard(&self, part: &PathBuf, meta: &PathBuf) {
