@@ -617,10 +617,6 @@ impl Fetcher {
 }
 
 impl Transfer {
-    pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.rx.clone()
-    }
-
     /// Waits until the transfer has answered headers: the phase is anything but Connecting.
     pub async fn started(&self) -> Phase {
         let mut rx = self.rx.clone();

@@ -7,7 +7,8 @@
 //! head) hands the connection, with the bytes already read, to hyper for the rest of its life.
 //! Both paths take their answer from `respond`, so they agree on every header.
 //!
-//! Bounds: request heads are at most [`MAX_HEAD`] bytes (431 beyond); connections are capped by
+//! Bounds: request heads are at most [`MAX_HEAD`] bytes on the zero-copy path (431 beyond) and
+//! [`HYPER_BUF`] once hyper has the connection; connections are capped by
 //! `http.max_connections`; bodies are streamed from files in fixed chunks, so a slow client
 //! holds one chunk, not the file. Invariant 5: only configured repos are served and request paths
 //! are checked by `paths` before any I/O. Errors map to status codes in [`ServeError::status`].
@@ -46,6 +47,8 @@ use crate::store::{PathEntry, now_secs};
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// hyper's read/write buffer limit (and so its request head limit) per connection.
+pub const HYPER_BUF: usize = 64 * 1024;
 /// How long a client may take to send a request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle keep-alive connection is kept.
@@ -297,7 +300,7 @@ async fn connection(mut stream: TcpStream, node: Arc<Node>) {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD.max(8192) * 4)
+        .max_buf_size(HYPER_BUF)
         .keep_alive(true)
         .serve_connection(io, svc);
     if let Err(e) = conn.await {
@@ -329,10 +332,7 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8]) -> Fast {
         "HEAD" => true,
         _ => return Fast::NotMine,
     };
-    let mut c = Conditions {
-        head: head_only,
-        ..Default::default()
-    };
+    let mut c = Conditions::default();
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     for h in req.headers.iter() {
@@ -566,7 +566,6 @@ impl OwnedConditions {
     }
     fn borrow(&self) -> Conditions<'_> {
         Conditions {
-            head: self.head,
             range: self.range.as_deref(),
             if_range: self.if_range.as_deref(),
             if_none_match: self.if_none_match.as_deref(),
@@ -858,7 +857,8 @@ async fn stream_transfer(
     let body = t
         .reader(node.store.clone())
         .inspect_ok(move |b| Stats::add(&stats.bytes_served, b.len() as u64));
-    let mut r = Response::new(if c.head { empty() } else { stream_body(body) });
+    // HEAD: `handle` swaps the body for an empty one; the stream is never polled.
+    let mut r = Response::new(stream_body(body));
     let h = r.headers_mut();
     if let Ok(v) = header::HeaderValue::from_str(respond::content_type(name)) {
         h.insert(header::CONTENT_TYPE, v);
@@ -878,33 +878,28 @@ fn serve_stored(node: &Node, hit: &Hit, name: &str, c: &OwnedConditions) -> Opti
     let (file, info) = open_hit(node, hit, name)?;
     let plan = respond::plan(&c.borrow(), &info);
     let file = Arc::new(file);
-    let body = if c.head {
-        empty()
-    } else {
-        match &plan {
-            Plan::Full => stream_body(file_range(file, 0..info.len)),
-            Plan::Single(r) => stream_body(file_range(file, r.clone())),
-            Plan::Multi(rs) => {
-                let parts: Vec<_> = rs
-                    .iter()
-                    .map(|r| {
-                        let hdr =
-                            crate::range::part_header(BOUNDARY, info.content_type, r, info.len);
-                        futures_util::stream::once(async move { Ok(Bytes::from(hdr)) })
-                            .chain(file_range(file.clone(), r.clone()))
-                            .boxed()
+    let body = match &plan {
+        Plan::Full => stream_body(file_range(file, 0..info.len)),
+        Plan::Single(r) => stream_body(file_range(file, r.clone())),
+        Plan::Multi(rs) => {
+            let parts: Vec<_> = rs
+                .iter()
+                .map(|r| {
+                    let hdr = crate::range::part_header(BOUNDARY, info.content_type, r, info.len);
+                    futures_util::stream::once(async move { Ok(Bytes::from(hdr)) })
+                        .chain(file_range(file.clone(), r.clone()))
+                        .boxed()
+                })
+                .chain(std::iter::once(
+                    futures_util::stream::once(async {
+                        Ok(Bytes::from(crate::range::closing(BOUNDARY)))
                     })
-                    .chain(std::iter::once(
-                        futures_util::stream::once(async {
-                            Ok(Bytes::from(crate::range::closing(BOUNDARY)))
-                        })
-                        .boxed(),
-                    ))
-                    .collect();
-                stream_body(futures_util::stream::iter(parts).flatten())
-            }
-            Plan::NotModified | Plan::Unsatisfiable => empty(),
+                    .boxed(),
+                ))
+                .collect();
+            stream_body(futures_util::stream::iter(parts).flatten())
         }
+        Plan::NotModified | Plan::Unsatisfiable => empty(),
     };
     Stats::inc(&node.stats.hits);
     if !c.head {

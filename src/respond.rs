@@ -17,7 +17,6 @@ pub const BOUNDARY: &str = "lanmirror-byteranges-3f9c2b";
 /// The request fields that change the answer.
 #[derive(Debug, Default, Clone)]
 pub struct Conditions<'a> {
-    pub head: bool,
     pub range: Option<&'a str>,
     pub if_range: Option<&'a str>,
     pub if_none_match: Option<&'a str>,

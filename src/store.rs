@@ -308,9 +308,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 struct WriteReq {
@@ -399,10 +396,6 @@ impl Store {
         };
         let rec = store.recover()?;
         Ok((store, rec))
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.inner.root
     }
 
     pub fn blob_path(&self, id: &BlobId) -> PathBuf {

@@ -212,9 +212,7 @@ fn corrupted_blob_is_detected_by_verify_and_refetched() {
 
     node.restart();
     up.clear_log();
-    let r = node.get(&format!("/test/{}", p.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    node.assert_serves(&p);
     assert_eq!(
         up.count(&p.file_name),
         1,
@@ -286,9 +284,7 @@ fn captive_portal_html_is_refused_and_never_stored() {
     // The failed metadata refresh is not retried within the freshness window (2 s).
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
-    let r = node.get(&format!("/test/{}", p.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    node.assert_serves(&p);
 }
 
 /// 503s are retried; a 404 upstream is a 404 to the client and is not cached as content.
@@ -302,9 +298,7 @@ fn upstream_503_is_retried_and_404_passes_through() {
     } = Site::new(&[PkgSpec::new("lm-flaky", "1.0", 100_000)]);
     let p = repo.package("lm-flaky");
     up.fail_503(".rpm", 2);
-    let r = node.get(&format!("/test/{}", p.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    node.assert_serves(&p);
     assert_eq!(up.count(&p.file_name), 3);
 
     let r = node.get("/test/Packages/not-there-1.0-1.noarch.rpm");
@@ -356,9 +350,7 @@ fn misses_stream_and_survive_client_disconnect() {
         "transfer did not finish"
     );
     up.throttle(None);
-    let r = node.get(&format!("/test/{}", p.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    node.assert_serves(&p);
     assert_eq!(
         up.count(&p.file_name),
         1,
@@ -397,9 +389,7 @@ fn an_unusable_partial_file_is_dropped() {
     .unwrap();
     node.restart();
     up.clear_log();
-    let r = node.get(&format!("/test/{}", p.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    node.assert_serves(&p);
     let statuses: Vec<u16> = up
         .requests()
         .iter()
@@ -490,9 +480,7 @@ fn a_blob_lost_while_stopped_is_recovered_at_start() {
         node.log_tail(10)
     );
     up.clear_log();
-    let r = node.get(&format!("/test/{}", p.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    node.assert_serves(&p);
     assert_eq!(up.count(&p.file_name), 1);
 
     node.stop();

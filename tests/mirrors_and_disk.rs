@@ -120,9 +120,7 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
         .sum();
     assert_eq!(leftovers, 0, "nothing half-written kept");
     let small = repo.package("lm-small");
-    let r = node.get(&format!("/test/{}", small.rel_path));
-    assert_eq!(r.status, 200);
-    assert_eq!(sha256_hex(&r.body), small.sha256_hex);
+    node.assert_serves(&small);
     node.stop();
     let (ok, report) = node.verify();
     assert!(ok, "{report}");

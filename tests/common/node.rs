@@ -429,6 +429,14 @@ impl Node {
         )
     }
 
+    /// `GET /test/<rel_path>` of a built package; asserts a 200 with exactly its bytes.
+    pub fn assert_serves(&self, p: &super::rpm::BuiltPkg) -> Response {
+        let r = self.get(&format!("/test/{}", p.rel_path));
+        assert_eq!(r.status, 200, "{}: {}", p.rel_path, r.text());
+        assert_eq!(super::sha256_hex(&r.body), p.sha256_hex, "{}", p.rel_path);
+        r
+    }
+
     /// `GET /api/status` parsed as JSON (panics unless 200 + JSON).
     pub fn status_json(&self) -> serde_json::Value {
         let r = self.get("/api/status");
