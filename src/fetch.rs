@@ -27,7 +27,8 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::hash::{self, BlobId, MultiHasher};
-use crate::paths::RepoPath;
+use crate::paths::{PathKind, RepoPath};
+use crate::peer::{ContentRef, Peer, PeerError, Peers};
 use crate::stats::Stats;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
@@ -50,6 +51,9 @@ pub struct Item {
     pub publish: bool,
     /// `(etag, last_modified)` of a stored copy: ask upstream conditionally.
     pub revalidate: Option<(Option<String>, Option<String>)>,
+    /// Peers of the site may supply it (false when a peer asked us, so requests never
+    /// travel in circles).
+    pub site: bool,
 }
 
 impl Item {
@@ -67,6 +71,8 @@ pub struct Done {
     pub generation: u32,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// The bytes came from a peer rather than upstream.
+    pub from_peer: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -139,6 +145,49 @@ pub struct Transfer {
 struct PartMeta {
     etag: Option<String>,
     last_modified: Option<String>,
+    /// The metadata checksum of the content being written: bytes of a content-addressed file
+    /// can be resumed from any source.
+    #[serde(default)]
+    checksum: Option<String>,
+}
+
+/// A step of the miss path, in order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A live peer that says it holds the checksum.
+    Holder,
+    /// The item's fetcher at the site (when it is not this node).
+    Fetcher,
+    Upstream,
+}
+
+/// Where to look for an item, in order. `site`: peers may be asked (false for requests that
+/// came from a peer, and for files that change in place). Peers are asked only for files that
+/// never change once published and whose checksum this node's metadata names: bytes from a
+/// peer must be checked against something the peer did not say (invariant 1).
+pub fn plan(site: bool, has_checksum: bool, immutable: bool) -> Vec<Step> {
+    if site && immutable && has_checksum {
+        vec![Step::Holder, Step::Fetcher, Step::Upstream]
+    } else {
+        vec![Step::Upstream]
+    }
+}
+
+/// A source chosen for a transfer.
+enum Source {
+    Holder(Peer),
+    Fetcher(Peer),
+    Upstream,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Holder(p) => write!(f, "peer {} (holder)", p.id),
+            Source::Fetcher(p) => write!(f, "peer {} (the site's fetcher)", p.id),
+            Source::Upstream => f.write_str("upstream"),
+        }
+    }
 }
 
 /// Whether finished bytes are what metadata says (size and checksum); the reason if not.
@@ -235,6 +284,7 @@ pub enum Finished {
 pub struct Fetcher {
     store: Store,
     upstream: Arc<Upstream>,
+    peers: Option<Arc<Peers>>,
     stats: Arc<Stats>,
     retries: u32,
     inflight: Mutex<HashMap<String, Arc<Transfer>>>,
@@ -244,12 +294,14 @@ impl Fetcher {
     pub fn new(
         store: Store,
         upstream: Arc<Upstream>,
+        peers: Option<Arc<Peers>>,
         stats: Arc<Stats>,
         retries: u32,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             upstream,
+            peers,
             stats,
             retries,
             inflight: Mutex::new(HashMap::new()),
@@ -258,6 +310,10 @@ impl Fetcher {
 
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
+    }
+
+    pub fn peers(&self) -> Option<&Arc<Peers>> {
+        self.peers.as_ref()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -300,10 +356,11 @@ impl Fetcher {
             let phase = match result {
                 Ok(Finished::Stored(d)) => {
                     let secs = started.elapsed().as_secs_f64();
+                    let from = if d.from_peer { "the site" } else { "upstream" };
                     tracing::info!(repo = %item.repo, path = %item.path, bytes = d.size,
                         secs = format!("{secs:.2}"),
                         mib_per_sec = format!("{:.1}", d.size as f64 / 1048576.0 / secs.max(1e-6)),
-                        "fetched from upstream, verified and stored");
+                        "fetched from {from}, verified and stored");
                     Phase::Done(d)
                 }
                 Ok(Finished::NotModified) => Phase::NotModified,
@@ -336,6 +393,10 @@ impl Fetcher {
     ) -> Result<Finished, FetchError> {
         let meta_path = part.with_extension("meta");
         let also = item.expected.as_ref().map(|e| e.checksum.algo);
+        let sum_text = item
+            .expected
+            .as_ref()
+            .map(|e| ContentRef::Sum(e.checksum.clone()).text());
         let io_err = |e: io::Error| {
             FetchError::from(StoreError::Io {
                 path: part.clone(),
@@ -343,7 +404,8 @@ impl Fetcher {
             })
         };
 
-        // Resume what an earlier attempt (or an earlier run of the process) left behind.
+        // Resume what an earlier attempt (or an earlier run of the process) left behind: bytes
+        // that upstream validators vouch for, or bytes of the content the checksum names.
         let mut meta: PartMeta = match (item.revalidate.is_none(), std::fs::read(&meta_path)) {
             (true, Ok(b)) => serde_json::from_slice(&b).unwrap_or_default(),
             _ => PartMeta::default(),
@@ -356,7 +418,10 @@ impl Fetcher {
             .open(part)
             .await
             .map_err(io_err)?;
-        let written = if meta.etag.is_some() || meta.last_modified.is_some() {
+        let resumable = meta.etag.is_some()
+            || meta.last_modified.is_some()
+            || (meta.checksum.is_some() && meta.checksum == sum_text);
+        let written = if resumable {
             file.metadata().await.map_err(io_err)?.len()
         } else {
             0
@@ -393,15 +458,40 @@ impl Fetcher {
         let mut best = p.written;
         let mut failures_without_progress = 0u32;
         let mut attempts = 0u32;
+        let mut steps = plan(
+            item.site && self.peers.is_some(),
+            item.expected.is_some(),
+            item.path.kind() == PathKind::Immutable,
+        )
+        .into_iter();
+        let mut source = self.next_source(item, &mut steps).await;
 
-        let (etag, last_modified) = loop {
+        let (etag, last_modified, source) = loop {
             let ask = Ask {
                 from: p.written,
                 if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
                 if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
                 if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
             };
-            let body = match self.upstream.open(&item.repo, &item.path, &ask).await {
+            let opened = match &source {
+                Source::Upstream => self.upstream.open(&item.repo, &item.path, &ask).await,
+                peer_source => match self.open_peer(item, peer_source, p.written).await {
+                    Ok(b) => Ok(Opened::Body(b)),
+                    Err(e) => {
+                        // Any peer failure: on to the next source, keeping content-addressed bytes.
+                        if let Some((peers, peer)) = self.peer_of(&source) {
+                            peers.note_failure(peer, &e.to_string());
+                        }
+                        tracing::info!(repo = %item.repo, path = %item.path, source = %source, error = %e, "peer could not supply the file; trying the next source");
+                        if item.expected.is_none() && p.written > 0 {
+                            p.start_over(first_total.is_some()).await.map_err(io_err)?;
+                        }
+                        source = self.next_source(item, &mut steps).await;
+                        continue;
+                    }
+                },
+            };
+            let body = match opened {
                 Ok(Opened::NotModified) => {
                     drop(p);
                     let _ = std::fs::remove_file(part);
@@ -427,12 +517,13 @@ impl Fetcher {
                 }
             };
             if !body.resumed && p.written > 0 {
-                tracing::info!(repo = %item.repo, path = %item.path, "upstream sent the whole file instead of the rest; restarting from zero");
+                tracing::info!(repo = %item.repo, path = %item.path, source = %source, "the source sent the whole file instead of the rest; restarting from zero");
                 p.start_over(first_total.is_some()).await.map_err(io_err)?;
             }
             meta = PartMeta {
                 etag: body.etag.clone(),
                 last_modified: body.last_modified.clone(),
+                checksum: sum_text.clone(),
             };
             if let Ok(b) = serde_json::to_vec(&meta) {
                 let _ = tokio::fs::write(&meta_path, b).await;
@@ -441,6 +532,11 @@ impl Fetcher {
             if let (Some(w), Some(t)) = (want_size, body.total)
                 && w != t
             {
+                if let Some((peers, peer)) = self.peer_of(&source) {
+                    peers.put_aside(peer, &format!("announced {t} bytes, metadata says {w}"));
+                    source = self.next_source(item, &mut steps).await;
+                    continue;
+                }
                 self.discard(part, &meta_path);
                 return Err(FetchError::Verify(format!(
                     "upstream {} says {t} bytes, metadata says {w}",
@@ -461,19 +557,25 @@ impl Fetcher {
                 });
             }
 
+            let from_upstream = matches!(source, Source::Upstream);
             let mut broke = None;
-            let mut stream = body.response.bytes_stream();
+            let mut stream = body.stream;
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(e) => {
-                        broke = Some(upstream::error_chain(&e));
+                        broke = Some(e);
                         break;
                     }
                 };
                 if p.written == 0
                     && let Err(bad) = upstream::check_first_bytes(&item.path, &chunk)
                 {
+                    if let Some((peers, peer)) = self.peer_of(&source) {
+                        peers.put_aside(peer, "sent something that is not the named file");
+                        broke = Some("bad start".into());
+                        break;
+                    }
                     self.discard(part, &meta_path);
                     return Err(match bad {
                         BadStart::Html => {
@@ -502,6 +604,12 @@ impl Fetcher {
                 if let Some(t) = total
                     && p.written + chunk.len() as u64 > t
                 {
+                    if let Some((peers, peer)) = self.peer_of(&source) {
+                        peers.put_aside(peer, &format!("sent more than the {t} bytes expected"));
+                        broke = Some("too long".into());
+                        p.start_over(true).await.map_err(io_err)?;
+                        break;
+                    }
                     self.discard(part, &meta_path);
                     return Err(FetchError::Verify(format!(
                         "upstream {} sent more than the {t} bytes expected",
@@ -512,11 +620,13 @@ impl Fetcher {
                     self.discard(part, &meta_path);
                     io_err(e)
                 })?;
-                Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                if from_upstream {
+                    Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                }
                 if diverged {
                     // Not the bytes readers already sent: they must fail, not splice.
                     generation += 1;
-                    tracing::info!(repo = %item.repo, path = %item.path, "upstream file changed during the transfer; clients mid-way were cut");
+                    tracing::info!(repo = %item.repo, path = %item.path, "the file changed during the transfer; clients mid-way were cut");
                 }
                 tx.send_modify(|phase| {
                     if let Phase::Streaming {
@@ -537,47 +647,74 @@ impl Fetcher {
             {
                 broke = Some(format!("body ended after {} of {t} bytes", p.written));
             }
-            match broke {
-                None => break (body.etag, body.last_modified),
-                Some(why) => {
-                    attempts += 1;
-                    if p.written > best {
-                        best = p.written;
-                        failures_without_progress = 0;
-                    } else {
-                        failures_without_progress += 1;
-                    }
-                    if failures_without_progress > self.retries || attempts > MAX_ATTEMPTS {
-                        // Keep the partial file: the next request resumes it.
-                        return Err(FetchError::Interrupted(why));
-                    }
-                    tracing::info!(repo = %item.repo, path = %item.path, at = p.written, reason = %why, "transfer broke off; resuming");
-                    if meta.etag.is_none() && meta.last_modified.is_none() {
-                        // Nothing to validate a resume with: start over.
+            if let Some(why) = broke {
+                if let Some((peers, peer)) = self.peer_of(&source) {
+                    // A peer that broke off: the next source continues where it stopped
+                    // (the bytes are checked against the checksum at the end).
+                    peers.note_failure(peer, &why);
+                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, reason = %why, "peer transfer broke off; trying the next source");
+                    if item.expected.is_none() {
                         p.start_over(first_total.is_some()).await.map_err(io_err)?;
-                        tx.send_replace(Phase::Streaming {
-                            total,
-                            written: p.written,
-                            generation,
-                        });
                     }
+                    source = self.next_source(item, &mut steps).await;
+                    continue;
+                }
+                attempts += 1;
+                if p.written > best {
+                    best = p.written;
+                    failures_without_progress = 0;
+                } else {
+                    failures_without_progress += 1;
+                }
+                if failures_without_progress > self.retries || attempts > MAX_ATTEMPTS {
+                    // Keep the partial file: the next request resumes it.
+                    return Err(FetchError::Interrupted(why));
+                }
+                tracing::info!(repo = %item.repo, path = %item.path, at = p.written, reason = %why, "transfer broke off; resuming");
+                if meta.etag.is_none() && meta.last_modified.is_none() && item.expected.is_none() {
+                    // Nothing to validate a resume with: start over.
+                    p.start_over(first_total.is_some()).await.map_err(io_err)?;
+                    tx.send_replace(Phase::Streaming {
+                        total,
+                        written: p.written,
+                        generation,
+                    });
+                }
+                continue;
+            }
+            if p.check.is_some() {
+                // The new file is shorter than what readers may already have sent.
+                generation += 1;
+                p.check = None;
+            }
+            let digests = p.hasher.clone_finish();
+            match check_expected(&item.path, item.expected.as_ref(), &digests) {
+                Ok(()) => {
+                    if self.peer_of(&source).is_some() {
+                        Stats::inc(&self.stats.from_peers);
+                        tracing::debug!(repo = %item.repo, path = %item.path, source = %source, "verified bytes from the site");
+                    }
+                    break (body.etag, body.last_modified, source);
+                }
+                Err(what) => {
+                    Stats::inc(&self.stats.verify_failures);
+                    if let Some((peers, peer)) = self.peer_of(&source) {
+                        // Bad bytes from a peer: put it aside and start over from the next
+                        // source; readers that already sent some of them are cut.
+                        peers.put_aside(peer, &what);
+                        p.start_over(true).await.map_err(io_err)?;
+                        source = self.next_source(item, &mut steps).await;
+                        continue;
+                    }
+                    // The partial file goes too, so if a resumed download was the culprit,
+                    // the next request starts from zero.
+                    self.discard(part, &meta_path);
+                    return Err(FetchError::Verify(what));
                 }
             }
         };
 
-        if p.check.is_some() {
-            // The new file is shorter than what readers may already have sent.
-            generation += 1;
-        }
         let digests = std::mem::replace(&mut p.hasher, MultiHasher::new(None)).finish();
-        if let Err(what) = check_expected(&item.path, item.expected.as_ref(), &digests) {
-            // The partial file goes too, so if a resumed download was the culprit, the next
-            // request starts from zero.
-            self.discard(part, &meta_path);
-            Stats::inc(&self.stats.verify_failures);
-            return Err(FetchError::Verify(what));
-        }
-
         let std_file = p.file.into_std().await;
         let store = self.store.clone();
         let (p, d) = (part.clone(), digests.clone());
@@ -607,6 +744,81 @@ impl Fetcher {
             generation,
             etag,
             last_modified,
+            from_peer: self.peer_of(&source).is_some(),
+        }))
+    }
+
+    /// The next source of the plan that can be used now (upstream at the latest).
+    async fn next_source(&self, item: &Item, steps: &mut std::vec::IntoIter<Step>) -> Source {
+        let Some(peers) = &self.peers else {
+            return Source::Upstream;
+        };
+        for step in steps.by_ref() {
+            match step {
+                Step::Holder => {
+                    if let Some(e) = &item.expected
+                        && let Some(p) = peers.holder(&ContentRef::Sum(e.checksum.clone())).await
+                    {
+                        return Source::Holder(p);
+                    }
+                }
+                Step::Fetcher => {
+                    if let Some(p) = peers.fetcher_for(&item.key()) {
+                        return Source::Fetcher(p);
+                    }
+                }
+                Step::Upstream => return Source::Upstream,
+            }
+        }
+        Source::Upstream
+    }
+
+    fn peer_of<'a>(&'a self, s: &'a Source) -> Option<(&'a Peers, &'a Peer)> {
+        match s {
+            Source::Holder(p) | Source::Fetcher(p) => Some((self.peers.as_deref()?, p)),
+            Source::Upstream => None,
+        }
+    }
+
+    async fn open_peer(
+        &self,
+        item: &Item,
+        source: &Source,
+        from: u64,
+    ) -> Result<Box<upstream::Body>, PeerError> {
+        let (peers, body) = match (source, &self.peers) {
+            (Source::Holder(p), Some(peers)) => {
+                let e = item
+                    .expected
+                    .as_ref()
+                    .map(|e| ContentRef::Sum(e.checksum.clone()));
+                let Some(r) = e else {
+                    return Err(PeerError::NotFound(p.id.to_string()));
+                };
+                (peers, peers.get(p, &r, from).await?)
+            }
+            (Source::Fetcher(p), Some(peers)) => (
+                peers,
+                peers
+                    .fetch(
+                        p,
+                        &item.repo,
+                        item.path.as_str(),
+                        item.expected.as_ref(),
+                        from,
+                    )
+                    .await?,
+            ),
+            _ => return Err(PeerError::NotFound("no peer".into())),
+        };
+        let _ = peers;
+        Ok(Box::new(upstream::Body {
+            stream: body.stream,
+            resumed: true,
+            total: body.total,
+            etag: None,
+            last_modified: None,
+            url: source.to_string(),
         }))
     }
 
@@ -653,6 +865,15 @@ impl Transfer {
         self: Arc<Self>,
         store: Store,
     ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+        self.reader_from(store, 0)
+    }
+
+    /// [`Transfer::reader`] from byte `offset` on.
+    pub fn reader_from(
+        self: Arc<Self>,
+        store: Store,
+        offset: u64,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
         struct St {
             t: Arc<Transfer>,
             store: Store,
@@ -666,13 +887,19 @@ impl Transfer {
             Some((Err(io::Error::other(msg.to_string())), None))
         }
         let rx = self.rx.clone();
+        // A reader joining mid-way follows the bytes of the current generation.
+        let generation = match &*rx.borrow() {
+            Phase::Streaming { generation, .. } => *generation,
+            Phase::Done(d) => d.generation,
+            _ => 0,
+        };
         let st = St {
             t: self,
             store,
             rx,
             file: None,
-            offset: 0,
-            generation: 0,
+            offset,
+            generation,
         };
         futures_util::stream::unfold(Some(st), |st| async move {
             let mut st = st?;

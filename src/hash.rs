@@ -34,6 +34,7 @@ pub fn parse_blob_id(s: &str) -> Option<BlobId> {
     Some(out)
 }
 
+#[derive(Clone)]
 enum Extra {
     Sha1(sha1::Sha1),
     Sha224(sha2::Sha224),
@@ -42,6 +43,7 @@ enum Extra {
 }
 
 /// Computes BLAKE3, SHA-256 and optionally one more digest over the same bytes.
+#[derive(Clone)]
 pub struct MultiHasher {
     blake3: blake3::Hasher,
     sha256: sha2::Sha256,
@@ -112,6 +114,11 @@ impl MultiHasher {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The digests of the bytes so far, leaving the hasher as it is.
+    pub fn clone_finish(&self) -> Digests {
+        self.clone().finish()
     }
 
     pub fn finish(self) -> Digests {

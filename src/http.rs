@@ -754,6 +754,7 @@ async fn repo_request(
                 expected,
                 publish: true,
                 revalidate: None,
+                site: true,
             });
             stream_transfer(node, t, &name, &c).await
         }
@@ -784,6 +785,7 @@ async fn revalidate(
         expected: None,
         publish: true,
         revalidate: Some((e.etag.clone(), e.last_modified.clone())),
+        site: false,
     });
     match t.started().await {
         Phase::NotModified => {

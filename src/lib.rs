@@ -4,11 +4,13 @@
 //! deliberately leaves to others.
 
 pub mod config;
+pub mod discovery;
 pub mod fetch;
 pub mod hash;
 pub mod http;
 pub mod node;
 pub mod paths;
+pub mod peer;
 pub mod range;
 pub mod repodata;
 pub mod respond;

@@ -28,6 +28,9 @@ enum Cmd {
     Serve {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Do not announce or look for peers by mDNS this run (static peers still work).
+        #[arg(long)]
+        no_mdns: bool,
     },
     /// Re-hash every stored blob; remove bad ones; exit 2 if anything was bad.
     Verify {
@@ -74,10 +77,10 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // One TLS provider for the whole process (reqwest and, later, quinn).
+    // One TLS provider for the whole process (reqwest and quinn).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {
-        Cmd::Serve { config } => {
+        Cmd::Serve { config, no_mdns } => {
             let cfg = load(config.as_ref())?;
             if config.is_none() {
                 tracing::info!(
@@ -86,7 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async {
-                let node = Node::open(cfg)?;
+                let mdns = cfg.discovery.mdns && !no_mdns;
+                let node = Node::open(cfg, mdns)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
                     wait_for_signal().await;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::fetch::Fetcher;
+use crate::peer::{Peers, SiteError, server};
 use crate::snapshot::{Snapshots, needs_check};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, now_secs};
@@ -31,20 +32,26 @@ pub enum NodeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Site(#[from] SiteError),
 }
 
 pub struct Node {
     pub cfg: Config,
     pub store: Store,
+    pub peers: Arc<Peers>,
     pub fetcher: Arc<Fetcher>,
     pub snapshots: Arc<Snapshots>,
     pub stats: Arc<Stats>,
     pub started: Instant,
+    http: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Node {
-    /// Opens the store (running recovery) and builds the parts; binds nothing yet.
-    pub fn open(cfg: Config) -> Result<Arc<Self>, NodeError> {
+    /// Opens the store (running recovery), binds the HTTP and QUIC ports and builds the parts.
+    /// `mdns`: announce and browse by multicast DNS (the config's setting, unless the command
+    /// line turned it off).
+    pub fn open(cfg: Config, mdns: bool) -> Result<Arc<Self>, NodeError> {
         let dir = cfg.data_dir();
         let (store, rec) = Store::open(&dir).map_err(|source| NodeError::Store {
             dir: dir.display().to_string(),
@@ -60,9 +67,16 @@ impl Node {
         }
         let upstream = Upstream::new(&cfg).map_err(|e| NodeError::Client(e.to_string()))?;
         let stats = Arc::new(Stats::default());
+        let addr = cfg.node.http_listen;
+        let http = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|_| l))
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        let http_port = http.local_addr().map_or(addr.port(), |a| a.port());
+        let peers = Peers::open(&cfg, http_port, mdns, stats.clone())?;
         let fetcher = Fetcher::new(
             store.clone(),
             Arc::new(upstream),
+            Some(peers.clone()),
             stats.clone(),
             cfg.upstream.retries,
         );
@@ -75,10 +89,12 @@ impl Node {
         Ok(Arc::new(Self {
             cfg,
             store,
+            peers,
             fetcher,
             snapshots,
             stats,
             started: Instant::now(),
+            http: std::sync::Mutex::new(Some(http)),
         }))
     }
 
@@ -88,8 +104,10 @@ impl Node {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
         let addr = self.cfg.node.http_listen;
-        let listener = TcpListener::bind(addr)
-            .await
+        let std_listener = self.http.lock().ok().and_then(|mut l| l.take());
+        let listener = std_listener
+            .ok_or_else(|| std::io::Error::other("the node is already running"))
+            .and_then(TcpListener::from_std)
             .map_err(|source| NodeError::Listen { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!(
@@ -98,8 +116,39 @@ impl Node {
             repos = ?self.cfg.repos.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             "lanmirror node serving; point dnf at http://<this host>:{}/<repo>/…", local.port()
         );
-        if self.cfg.discovery.mdns || !self.cfg.discovery.peers.is_empty() {
-            tracing::info!("peer sharing (mDNS, QUIC) is not built yet: this node works alone");
+        tracing::info!(
+            node_id = %self.peers.me,
+            site = %self.cfg.node.site,
+            site_key = self.peers.site.has_key(),
+            quic = %self.peers.quic_addr(),
+            mdns = self.peers.mdns(),
+            static_peers = self.cfg.discovery.peers.len(),
+            "sharing with the site's other nodes over QUIC"
+        );
+        if !self.peers.site.has_key() {
+            tracing::info!(
+                "no site key: any lanmirror node on this LAN with the same site name may join (set [node] site_key_file to restrict)"
+            );
+        }
+        let mut chores = vec![
+            tokio::spawn(self.peers.clone().keep_connected(shutdown.clone())),
+            tokio::spawn(server::serve(
+                Arc::new(server::Local {
+                    cfg: self.cfg.clone(),
+                    store: self.store.clone(),
+                    fetcher: self.fetcher.clone(),
+                    snapshots: self.snapshots.clone(),
+                    peers: self.peers.clone(),
+                    stats: self.stats.clone(),
+                }),
+                shutdown.clone(),
+            )),
+        ];
+        if self.peers.mdns() {
+            chores.push(tokio::spawn(crate::discovery::run(
+                self.peers.clone(),
+                shutdown.clone(),
+            )));
         }
         let flusher = {
             let node = self.clone();
@@ -118,6 +167,9 @@ impl Node {
         };
         crate::http::serve(listener, self.clone(), &mut shutdown).await;
         let _ = flusher.await;
+        for c in chores {
+            let _ = tokio::time::timeout(Duration::from_secs(3), c).await;
+        }
         if let Err(e) = self.store.flush_access().await {
             tracing::warn!(error = %e, "could not record last-access times");
         }
@@ -178,6 +230,20 @@ impl Node {
             "stale_metadata_served": Stats::get(&s.stale_served),
             "zero_copy_responses": Stats::get(&s.zero_copy_responses),
             "in_flight_transfers": self.fetcher.in_flight(),
+            "node_id": self.peers.me.to_string(),
+            "site": self.cfg.node.site,
+            "site_id": self.peers.site.site_id,
+            "site_key": self.peers.site.has_key(),
+            "mdns": self.peers.mdns(),
+            "quic_listen": self.peers.quic_addr().to_string(),
+            "peers": self.peers.status(),
+            "from_peers": Stats::get(&s.from_peers),
+            "bytes_from_peers": Stats::get(&s.bytes_from_peers),
+            "bytes_to_peers": Stats::get(&s.bytes_to_peers),
+            "peer_requests_served": Stats::get(&s.peer_requests_served),
+            "fetched_for_peers": Stats::get(&s.fetched_for_peers),
+            "peer_verify_failures": Stats::get(&s.peer_verify_failures),
+            "peers_refused": Stats::get(&s.peers_refused),
             "stored_blobs": blobs,
             "stored_bytes": bytes,
         })

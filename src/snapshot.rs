@@ -21,6 +21,7 @@ use crate::config::MetadataConfig;
 use crate::fetch::{FetchError, Fetcher, Finished, Item};
 use crate::hash::{self, BlobId};
 use crate::paths::{REPOMD_COMPANIONS, RepoPath};
+use crate::peer::{ContentRef, Peer, Peers};
 use crate::repodata::{self, Compression, RepoMdRecord};
 use crate::stats::Stats;
 use crate::store::{Batch, Expected, PathEntry, Snapshot, Store, now_secs};
@@ -29,6 +30,35 @@ use crate::store::{Batch, Expected, PathEntry, Snapshot, Store, now_secs};
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 /// Longest pause before a failed refresh is tried again.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Largest repomd.xml (or companion) taken from a peer.
+const MAX_REPOMD: u64 = 16 << 20;
+
+/// What a refresh learnt about repomd.xml.
+enum Obtained {
+    /// The snapshot in service is still current, as of `checked_at`.
+    Same {
+        validators: Option<(Option<String>, Option<String>)>,
+        checked_at: u64,
+    },
+    /// A new repomd.xml (stored as a blob) with its companions.
+    New {
+        repomd: BlobId,
+        companions: Vec<(String, String)>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+        checked_at: u64,
+    },
+}
+
+/// Whether a peer's snapshot is newer than ours: by repomd `<revision>` when both are numbers
+/// (createrepo_c writes a timestamp), else by when each was switched in.
+pub fn peer_is_newer(ours: &str, our_at: u64, theirs: &str, their_at: u64) -> bool {
+    match (ours.parse::<u64>(), theirs.parse::<u64>()) {
+        (Ok(a), Ok(b)) if a != b => b > a,
+        _ => their_at > our_at,
+    }
+}
 
 /// Metadata files fetched at most this many at once during a refresh.
 const PARALLEL_METADATA: usize = 4;
@@ -135,6 +165,29 @@ impl Snapshots {
         repo: &str,
         tree: &str,
     ) -> Result<Snapshot, SnapshotError> {
+        self.current_with(repo, tree, true).await
+    }
+
+    /// The snapshot to give a peer that asked: refreshed from upstream by this node itself when
+    /// due (never from another peer), waiting for a running refresh only briefly.
+    pub async fn current_for_peer(
+        self: &Arc<Self>,
+        repo: &str,
+        tree: &str,
+    ) -> Result<Snapshot, SnapshotError> {
+        let key = format!("{repo}/{tree}");
+        match tokio::time::timeout(REFRESH_WAIT * 2, self.current_with(repo, tree, false)).await {
+            Ok(r) => r,
+            Err(_) => self.load(&key)?.ok_or(SnapshotError::Unavailable),
+        }
+    }
+
+    async fn current_with(
+        self: &Arc<Self>,
+        repo: &str,
+        tree: &str,
+        site: bool,
+    ) -> Result<Snapshot, SnapshotError> {
         let key = format!("{repo}/{tree}");
         let snap = self.load(&key)?;
         let due = snap
@@ -143,7 +196,10 @@ impl Snapshots {
         if !due {
             return snap.ok_or_else(|| SnapshotError::Store("snapshot vanished".into()));
         }
-        if self.recent_failure(&key).is_none() && !self.fetcher.upstream().is_offline(repo) {
+        let site_up = site && self.fetcher.peers().is_some_and(|p| !p.live().is_empty());
+        if self.recent_failure(&key).is_none()
+            && (site_up || !self.fetcher.upstream().is_offline(repo))
+        {
             let lock = self.tree_lock(&key)?;
             // The refresh runs as a task of its own holding the tree's lock: a client that goes
             // away does not cancel it, and clients that arrive meanwhile wait on the lock.
@@ -151,7 +207,7 @@ impl Snapshots {
                 let me = self.clone();
                 let (repo2, tree2, key2) = (repo.to_string(), tree.to_string(), key.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = me.refresh_locked(&repo2, &tree2).await {
+                    if let Err(e) = me.refresh_locked(&repo2, &tree2, site).await {
                         me.note_failure(&key2, e);
                     }
                     drop(guard);
@@ -241,7 +297,12 @@ impl Snapshots {
     }
 
     /// Refreshes a tree; the caller holds its lock.
-    async fn refresh_locked(&self, repo: &str, tree: &str) -> Result<(), SnapshotError> {
+    async fn refresh_locked(
+        &self,
+        repo: &str,
+        tree: &str,
+        site: bool,
+    ) -> Result<(), SnapshotError> {
         let key = format!("{repo}/{tree}");
         // Someone else may have refreshed just before.
         let current = self.load(&key)?;
@@ -250,7 +311,7 @@ impl Snapshots {
         {
             return Ok(());
         }
-        self.refresh(repo, tree, current).await?;
+        self.refresh(repo, tree, current, site).await?;
         if let Ok(mut f) = self.failed.lock() {
             f.remove(&key);
         }
@@ -265,61 +326,30 @@ impl Snapshots {
         repo: &str,
         tree: &str,
         current: Option<Snapshot>,
+        site: bool,
     ) -> Result<(), SnapshotError> {
         let key = format!("{repo}/{tree}");
-        let path = RepoPath::in_tree(tree, "repodata/repomd.xml")
-            .map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
-        let fetch_err = |p: &RepoPath| {
-            let p = p.to_string();
-            move |source| SnapshotError::Fetch { path: p, source }
+        let got = match self.ask_site(repo, tree, current.as_ref(), site).await {
+            Some(g) => g,
+            None => self.ask_upstream(repo, tree, current.as_ref()).await?,
         };
-        let item = Item {
-            repo: repo.into(),
-            path: path.clone(),
-            expected: None,
-            publish: false,
-            revalidate: current
-                .as_ref()
-                .map(|s| (s.etag.clone(), s.last_modified.clone())),
+        let (repomd, companions, etag, last_modified, checked_at) = match got {
+            Obtained::Same {
+                validators,
+                checked_at,
+            } => return self.confirm(&key, current, validators, checked_at).await,
+            Obtained::New {
+                repomd,
+                companions,
+                etag,
+                last_modified,
+                checked_at,
+            } => (repomd, companions, etag, last_modified, checked_at),
         };
-        let done = match self.fetcher.fetch(item).await.map_err(fetch_err(&path))? {
-            Finished::NotModified => return self.confirm(&key, current, None).await,
-            Finished::Stored(d) => d,
-        };
-        if current
-            .as_ref()
-            .is_some_and(|s| s.repomd == hash::hex(&done.blob))
-        {
-            return self
-                .confirm(&key, current, Some((done.etag, done.last_modified)))
-                .await;
-        }
-        let bytes = std::fs::read(self.store.blob_path(&done.blob))
+        let bytes = std::fs::read(self.store.blob_path(&repomd))
             .map_err(|e| SnapshotError::Store(e.to_string()))?;
         let md =
             repodata::parse_repomd(&bytes).map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
-
-        // The companions must come from the same moment as repomd.xml: fetch them fresh.
-        let mut companions = Vec::new();
-        for suffix in REPOMD_COMPANIONS {
-            let p = RepoPath::in_tree(tree, &format!("repodata/repomd.xml{suffix}"))
-                .map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
-            let item = Item {
-                repo: repo.into(),
-                path: p.clone(),
-                expected: None,
-                publish: false,
-                revalidate: None,
-            };
-            match self.fetcher.fetch(item).await {
-                Ok(Finished::Stored(d)) => {
-                    companions.push((suffix.to_string(), hash::hex(&d.blob)))
-                }
-                Ok(Finished::NotModified) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(fetch_err(&p)(e)),
-            }
-        }
 
         let mut batch = Batch::new();
         let mut files = Vec::new();
@@ -364,7 +394,7 @@ impl Snapshots {
         let revision = md
             .revision
             .clone()
-            .unwrap_or_else(|| hash::hex(&done.blob)[..12].to_string());
+            .unwrap_or_else(|| hash::hex(&repomd)[..12].to_string());
         let retention = self.cfg.retention().as_secs();
         let mut previous = Vec::new();
         if let Some(old) = current {
@@ -382,12 +412,12 @@ impl Snapshots {
         }
         let snap = Snapshot {
             revision: revision.clone(),
-            repomd: hash::hex(&done.blob),
+            repomd: hash::hex(&repomd),
             companions,
             fetched_at: now,
-            checked_at: now,
-            etag: done.etag,
-            last_modified: done.last_modified,
+            checked_at,
+            etag,
+            last_modified,
             files,
             previous,
         };
@@ -406,13 +436,14 @@ impl Snapshots {
         key: &str,
         current: Option<Snapshot>,
         validators: Option<(Option<String>, Option<String>)>,
+        checked_at: u64,
     ) -> Result<(), SnapshotError> {
         let Some(mut s) = current else {
             return Err(SnapshotError::BadRepomd(
                 "upstream said 'not modified' to an unconditional request".into(),
             ));
         };
-        s.checked_at = now_secs();
+        s.checked_at = s.checked_at.max(checked_at);
         if let Some((etag, lm)) = validators {
             s.etag = etag;
             s.last_modified = lm;
@@ -423,6 +454,171 @@ impl Snapshots {
             .commit(b)
             .await
             .map_err(|e| SnapshotError::Store(e.to_string()))
+    }
+
+    /// repomd.xml and its companions from upstream (conditionally when a snapshot exists).
+    async fn ask_upstream(
+        &self,
+        repo: &str,
+        tree: &str,
+        current: Option<&Snapshot>,
+    ) -> Result<Obtained, SnapshotError> {
+        let path = RepoPath::in_tree(tree, "repodata/repomd.xml")
+            .map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
+        let fetch_err = |p: &RepoPath| {
+            let p = p.to_string();
+            move |source| SnapshotError::Fetch { path: p, source }
+        };
+        let item = Item {
+            repo: repo.into(),
+            path: path.clone(),
+            expected: None,
+            publish: false,
+            revalidate: current.map(|s| (s.etag.clone(), s.last_modified.clone())),
+            site: false,
+        };
+        let now = now_secs();
+        let done = match self.fetcher.fetch(item).await.map_err(fetch_err(&path))? {
+            Finished::NotModified => {
+                return Ok(Obtained::Same {
+                    validators: None,
+                    checked_at: now,
+                });
+            }
+            Finished::Stored(d) => d,
+        };
+        if current.is_some_and(|s| s.repomd == hash::hex(&done.blob)) {
+            return Ok(Obtained::Same {
+                validators: Some((done.etag, done.last_modified)),
+                checked_at: now,
+            });
+        }
+        // The companions must come from the same moment as repomd.xml: fetch them fresh.
+        let mut companions = Vec::new();
+        for suffix in REPOMD_COMPANIONS {
+            let p = RepoPath::in_tree(tree, &format!("repodata/repomd.xml{suffix}"))
+                .map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
+            let item = Item {
+                repo: repo.into(),
+                path: p.clone(),
+                expected: None,
+                publish: false,
+                revalidate: None,
+                site: false,
+            };
+            match self.fetcher.fetch(item).await {
+                Ok(Finished::Stored(d)) => {
+                    companions.push((suffix.to_string(), hash::hex(&d.blob)))
+                }
+                Ok(Finished::NotModified) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(fetch_err(&p)(e)),
+            }
+        }
+        Ok(Obtained::New {
+            repomd: done.blob,
+            companions,
+            etag: done.etag,
+            last_modified: done.last_modified,
+            checked_at: now,
+        })
+    }
+
+    /// repomd.xml and its companions from the tree's fetcher at the site, when that is another
+    /// node: one upstream check per site. `None` when there is no such peer, or it failed, or
+    /// it holds an older snapshot than this node (then this node asks upstream itself).
+    async fn ask_site(
+        &self,
+        repo: &str,
+        tree: &str,
+        current: Option<&Snapshot>,
+        site: bool,
+    ) -> Option<Obtained> {
+        let peers = self.fetcher.peers().filter(|_| site)?;
+        let peer = peers.fetcher_for(&format!("snapshot:{repo}/{tree}"))?;
+        let ps = match peers.snapshot(&peer, repo, tree).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(repo, tree, error = %e, "the site's metadata fetcher could not help; asking upstream directly");
+                return None;
+            }
+        };
+        let main = ps.files.iter().find(|f| f.suffix.is_empty())?;
+        if let Some(cur) = current {
+            if cur.repomd == main.blake3 {
+                return Some(Obtained::Same {
+                    validators: Some((ps.etag, ps.last_modified)),
+                    checked_at: ps.checked_at.min(now_secs()),
+                });
+            }
+            if !peer_is_newer(&cur.revision, cur.fetched_at, &ps.revision, ps.fetched_at) {
+                return None;
+            }
+        }
+        let mut repomd = None;
+        let mut companions = Vec::new();
+        for f in &ps.files {
+            let allowed = f.suffix.is_empty() || REPOMD_COMPANIONS.contains(&f.suffix.as_str());
+            let id = hash::parse_blob_id(&f.blake3)?;
+            if !allowed || f.size > MAX_REPOMD {
+                return None;
+            }
+            if let Err(e) = self.copy_from_peer(peers, &peer, id, f.size).await {
+                peers.note_failure(&peer, &e);
+                tracing::info!(repo, tree, error = %e, "could not copy metadata from the site's fetcher; asking upstream directly");
+                return None;
+            }
+            if f.suffix.is_empty() {
+                repomd = Some(id);
+            } else {
+                companions.push((f.suffix.clone(), f.blake3.clone()));
+            }
+        }
+        tracing::debug!(repo, tree, peer = %peer.id, revision = %ps.revision, "metadata snapshot taken from the site's fetcher");
+        Some(Obtained::New {
+            repomd: repomd?,
+            companions,
+            etag: ps.etag,
+            last_modified: ps.last_modified,
+            checked_at: ps.checked_at.min(now_secs()),
+        })
+    }
+
+    /// Copies a small blob (repomd.xml, a signature) from a peer, checking its BLAKE3.
+    async fn copy_from_peer(
+        &self,
+        peers: &Peers,
+        peer: &Peer,
+        id: BlobId,
+        size: u64,
+    ) -> Result<(), String> {
+        if self.store.blob_path(&id).exists() {
+            return Ok(());
+        }
+        let body = peers
+            .get(peer, &ContentRef::Blake3(id), 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        let mut stream = body.stream;
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+            if bytes.len() as u64 > size {
+                break;
+            }
+        }
+        if blake3::hash(&bytes).as_bytes() != &id {
+            peers.put_aside(peer, "metadata file does not match its BLAKE3");
+            return Err("metadata file from peer failed verification".into());
+        }
+        let store = self.store.clone();
+        let d = tokio::task::spawn_blocking(move || store.write_blob_bytes(&bytes, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut b = Batch::new();
+        b.put_blob(crate::store::BlobMeta::from_digests(&d, now_secs()));
+        self.store.commit(b).await.map_err(|e| e.to_string())
     }
 
     /// Makes sure one referenced metadata file is stored and listed under its path.
@@ -463,6 +659,7 @@ impl Snapshots {
             expected: Some(exp),
             publish: true,
             revalidate: None,
+            site: true,
         };
         match self.fetcher.fetch(item).await {
             Ok(Finished::Stored(d)) => {

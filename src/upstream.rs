@@ -68,8 +68,12 @@ pub enum Opened {
     Body(Box<Body>),
 }
 
+/// A body arriving from any source, chunk by chunk; an `Err` means it broke off.
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, String>> + Send>>;
+
 pub struct Body {
-    pub response: reqwest::Response,
+    pub stream: ByteStream,
     /// True when the answer continues from `Ask::from` (a 206 with a matching Content-Range);
     /// false when it is the whole file from byte 0.
     pub resumed: bool,
@@ -407,8 +411,10 @@ impl Upstream {
         } else {
             (false, len)
         };
+        use futures_util::StreamExt;
+        let stream = resp.bytes_stream().map(|r| r.map_err(|e| error_chain(&e)));
         Ok(Opened::Body(Box::new(Body {
-            response: resp,
+            stream: Box::pin(stream),
             resumed,
             total,
             etag,

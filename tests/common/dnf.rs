@@ -64,6 +64,9 @@ pub struct Dnf {
     pub timeout: Duration,
     /// Extra arguments placed before the dnf command, e.g. `--setopt=timeout=5`.
     pub extra_args: Vec<String>,
+    /// Network namespace (`ip netns` name) to run dnf in (`ip netns exec NS dnf …`); None = the
+    /// test's own.
+    pub netns: Option<String>,
 }
 
 impl Dnf {
@@ -84,8 +87,16 @@ impl Dnf {
             baseurl: String::new(),
             timeout: Duration::from_secs(120),
             extra_args: Vec::new(),
+            netns: None,
         };
         d.set_baseurl(repo_baseurl);
+        d
+    }
+
+    /// Like [`Dnf::new`], for a client that runs inside the network namespace `ns`.
+    pub fn in_netns(dir: &Path, repo_baseurl: &str, ns: &str) -> Dnf {
+        let mut d = Dnf::new(dir, repo_baseurl);
+        d.netns = Some(ns.to_string());
         d
     }
 
@@ -117,7 +128,15 @@ impl Dnf {
 
     /// `dnf -y … <args>` with the kit's flags; never panics.
     pub fn run(&self, args: &[&str]) -> DnfOutput {
-        let mut cmd = Command::new("dnf");
+        let mut cmd = match &self.netns {
+            None => Command::new("dnf"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "dnf"]);
+                super::netns::kill_with_parent(&mut c);
+                c
+            }
+        };
         cmd.arg("-y")
             .arg(format!("--config={}", self.dir.join("dnf.conf").display()))
             .arg(format!("--installroot={}", self.installroot().display()))

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::http::{Response, http_request, try_http_request};
+use super::http::{Response, try_http_request};
 
 /// How long [`Node::start`] waits for `/api/status` to answer 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -87,6 +87,18 @@ pub struct NodeOpts {
     /// Extra environment for the node process (RUST_LOG defaults to
     /// `info,lanmirror=debug` unless set here or in the test's environment).
     pub env: Vec<(String, String)>,
+    /// `[node] http_listen` verbatim (e.g. `0.0.0.0:7700`); None = `127.0.0.1:<port>`. The
+    /// kit's own requests always go to `127.0.0.1:<port>`, so the port must be the same.
+    pub http_listen: Option<String>,
+    /// `[node] site` (None = not written, the node's default).
+    pub site: Option<String>,
+    /// `[node] site_key_file` (None = not written: no site key).
+    pub site_key_file: Option<PathBuf>,
+    /// Network namespace (`ip netns` name) to run the node in: `spawn` runs it under
+    /// `ip netns exec NS`, and the kit's HTTP helpers connect from inside that namespace
+    /// (see [`super::netns::in_netns`]). Such a node gets `PR_SET_PDEATHSIG = SIGKILL`, so it
+    /// must be started from a thread that outlives it (the test's own thread).
+    pub netns: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -106,6 +118,10 @@ impl Default for NodeOpts {
             extra_toml: String::new(),
             bin: None,
             env: Vec::new(),
+            http_listen: None,
+            site: None,
+            site_key_file: None,
+            netns: None,
         }
     }
 }
@@ -123,14 +139,26 @@ impl NodeOpts {
     pub fn to_toml(&self, port: u16, data_dir: &Path) -> String {
         let q = |s: &str| toml_str(s);
         let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+        let mut node_extra = String::new();
+        if let Some(site) = &self.site {
+            node_extra.push_str(&format!("site = {}\n", q(site)));
+        }
+        if let Some(f) = &self.site_key_file {
+            node_extra.push_str(&format!("site_key_file = {}\n", q(&f.to_string_lossy())));
+        }
+        let http_listen = self
+            .http_listen
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
         let mut t = format!(
-            "[node]\ndata_dir = {}\nhttp_listen = {}\nquic_listen = {}\n\n\
+            "[node]\ndata_dir = {}\nhttp_listen = {}\nquic_listen = {}\n{}\n\
              [discovery]\nmdns = {}\npeers = [{}]\n\n\
              [metadata]\nfreshness_secs = {}\n{}\n\
              [upstream]\nconnect_timeout_secs = {}\nread_timeout_secs = {}\nretries = {}\n",
             q(&data_dir.to_string_lossy()),
-            q(&format!("127.0.0.1:{port}")),
+            q(&http_listen),
             q(&self.quic_listen),
+            node_extra,
             self.mdns,
             list(&self.peers),
             self.freshness_secs,
@@ -238,7 +266,15 @@ impl Node {
         )
         .unwrap();
         let bin = self.bin();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match &self.opts.netns {
+            None => Command::new(&bin),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                super::netns::kill_with_parent(&mut c);
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -274,7 +310,7 @@ impl Node {
                     self.log_tail(60)
                 );
             }
-            if let Ok(r) = try_http_request("GET", &url, &[], Duration::from_secs(2))
+            if let Ok(r) = self.try_request("GET", &url, &[], Duration::from_secs(2))
                 && r.status == 200
             {
                 return;
@@ -421,12 +457,31 @@ impl Node {
     }
 
     pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Response {
-        http_request(
-            "GET",
-            &format!("{}{path}", self.url()),
-            headers,
-            super::http::DEFAULT_TIMEOUT,
-        )
+        let url = format!("{}{path}", self.url());
+        self.try_request("GET", &url, headers, super::http::DEFAULT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET {url} failed: {e}"))
+    }
+
+    /// [`try_http_request`] from where the node can be reached: the test's own network
+    /// namespace, or the node's (`NodeOpts::netns`).
+    pub fn try_request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> std::io::Result<Response> {
+        match &self.opts.netns {
+            None => try_http_request(method, url, headers, timeout),
+            Some(ns) => {
+                super::netns::in_netns(ns, || try_http_request(method, url, headers, timeout))
+            }
+        }
+    }
+
+    /// The network namespace the node runs in, if any.
+    pub fn netns(&self) -> Option<&str> {
+        self.opts.netns.as_deref()
     }
 
     /// `GET /test/<rel_path>` of a built package; asserts a 200 with exactly its bytes.

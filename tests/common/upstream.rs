@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -100,9 +100,12 @@ enum Cmd {
     Shutdown,
 }
 
-/// A file server for `root` on `127.0.0.1:<port>`.
+/// A file server for `root` on `127.0.0.1:<port>` (or an address in a network namespace,
+/// [`Upstream::start_in_netns`]).
 pub struct Upstream {
     port: u16,
+    /// The address it listens on (`127.0.0.1` unless started in a namespace).
+    host: String,
     root: PathBuf,
     shared: Arc<Shared>,
     cmd: mpsc::UnboundedSender<Cmd>,
@@ -117,6 +120,17 @@ impl Upstream {
 
     /// Serves `root` on `127.0.0.1:port` (0 = any free port).
     pub fn start_on(root: &Path, port: u16) -> Upstream {
+        Self::start_at(root, SocketAddr::from(([127, 0, 0, 1], port)), None)
+    }
+
+    /// Serves `root` on `ip:port` inside the network namespace `ns` (an `ip netns` name): the
+    /// server's thread and its runtime's workers enter `ns` (`setns`) before making any
+    /// socket. Everything else (request log, faults, `set_down`) works as for [`Upstream::start`].
+    pub fn start_in_netns(root: &Path, ns: &str, ip: Ipv4Addr, port: u16) -> Upstream {
+        Self::start_at(root, SocketAddr::from((ip, port)), Some(ns.to_string()))
+    }
+
+    fn start_at(root: &Path, addr: SocketAddr, netns: Option<String>) -> Upstream {
         let root = root
             .canonicalize()
             .unwrap_or_else(|e| panic!("upstream root {}: {e}", root.display()));
@@ -129,13 +143,23 @@ impl Upstream {
             std::thread::Builder::new()
                 .name("upstream".into())
                 .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(2)
-                        .enable_all()
-                        .build()
-                        .expect("upstream runtime");
+                    if let Some(ns) = &netns
+                        && let Err(e) = super::netns::enter(ns)
+                    {
+                        let _ = port_tx.send(Err(e));
+                        return;
+                    }
+                    let mut rt = tokio::runtime::Builder::new_multi_thread();
+                    rt.worker_threads(2).enable_all();
+                    if let Some(ns) = netns {
+                        // Sockets keep the namespace they were made in; the listener is made
+                        // on this thread, but keep the workers in `ns` too.
+                        rt.on_thread_start(move || {
+                            super::netns::enter(&ns).expect("upstream worker: setns");
+                        });
+                    }
+                    let rt = rt.build().expect("upstream runtime");
                     rt.block_on(async move {
-                        let addr = SocketAddr::from(([127, 0, 0, 1], port));
                         let listener = match bind(addr) {
                             Ok(l) => l,
                             Err(e) => {
@@ -153,11 +177,12 @@ impl Upstream {
         };
         let port = match port_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) => panic!("upstream: bind 127.0.0.1:{port}: {e}"),
+            Ok(Err(e)) => panic!("upstream: bind {addr}: {e}"),
             Err(e) => panic!("upstream did not start: {e}"),
         };
         Upstream {
             port,
+            host: addr.ip().to_string(),
             root,
             shared,
             cmd: cmd_tx,
@@ -169,9 +194,9 @@ impl Upstream {
         self.port
     }
 
-    /// `http://127.0.0.1:<port>/`
+    /// `http://127.0.0.1:<port>/` (`http://<ip>:<port>/` in a namespace).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        format!("http://{}:{}/", self.host, self.port)
     }
 
     pub fn root(&self) -> &Path {

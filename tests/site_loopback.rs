@@ -1,0 +1,390 @@
+//! Several real nodes on 127.0.0.1 joined by static peers (`[discovery] peers`, mDNS off): the
+//! peer protocol and the site's policies — one upstream download per site, metadata checked
+//! once per site, holders, the fetcher, admission by site key, bad bytes from a peer, and a
+//! fetcher that dies. The real-LAN version (namespaces, mDNS) is `site_lan.rs`.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// N nodes in front of one upstream, each listing every other as a static peer.
+struct LoopSite {
+    nodes: Vec<Node>,
+}
+
+impl LoopSite {
+    fn start(n: usize, up: &Upstream, tweak: impl Fn(usize, &mut NodeOpts)) -> LoopSite {
+        let quic: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let mut o = NodeOpts::new(&up.url());
+                o.quic_listen = format!("127.0.0.1:{}", quic[i]);
+                o.peers = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("127.0.0.1:{}", quic[j]))
+                    .collect();
+                o.freshness_secs = 60;
+                tweak(i, &mut o);
+                Node::start(o)
+            })
+            .collect();
+        LoopSite { nodes }
+    }
+
+    /// Every node loads its metadata snapshot at the same moment (as dnf's first request does),
+    /// so packages are checked against primary.xml.
+    fn load_metadata(&self) {
+        std::thread::scope(|s| {
+            for n in &self.nodes {
+                s.spawn(move || {
+                    let r = n.get("/test/repodata/repomd.xml");
+                    assert_eq!(r.status, 200, "{}", n.log_tail(20));
+                });
+            }
+        });
+    }
+
+    /// Waits until every node counts `want` healthy peers.
+    fn wait_joined(&self, want: usize) {
+        for n in &self.nodes {
+            let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+                healthy_peers(n) == want
+            });
+            assert!(
+                ok,
+                "node did not join: {}\n{}",
+                n.status_json(),
+                n.log_tail(40)
+            );
+        }
+    }
+}
+
+fn healthy_peers(n: &Node) -> usize {
+    n.status_json()["peers"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|p| p["healthy"] == true).count())
+}
+
+fn stat(n: &Node, k: &str) -> u64 {
+    n.status_json()[k].as_u64().unwrap_or(0)
+}
+
+/// Upstream requests for repomd.xml itself (not its .asc/.key).
+fn repomd_count(up: &Upstream) -> usize {
+    up.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/repomd.xml"))
+        .count()
+}
+
+fn write_key(dir: &Path, name: &str, secret: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, secret).unwrap();
+    p
+}
+
+/// A package one node fetched is served to another node's dnf client from the site, with no
+/// new upstream request; the second node's metadata came from the site too (one repomd.xml
+/// upstream for the whole site).
+#[test]
+fn second_node_gets_packages_and_metadata_from_the_site() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[
+            PkgSpec::new("lp-a", "1.0", 1 << 20),
+            PkgSpec::new("lp-b", "1.0", 300_000).requires("lp-a"),
+        ],
+    );
+    let up = Upstream::start(repo.dir());
+    let mut site = LoopSite::start(2, &up, |_, _| {});
+    site.wait_joined(1);
+    let (a, b) = (&site.nodes[0], &site.nodes[1]);
+
+    Dnf::new(&dir.path().join("ca"), &a.repo_url("test"))
+        .install(&["lp-b"])
+        .assert_success();
+    assert_eq!(up.count(".rpm"), 2, "{:?}", up.requests());
+    let repomd_before = repomd_count(&up);
+    up.clear_log();
+
+    let cb = Dnf::new(&dir.path().join("cb"), &b.repo_url("test"));
+    cb.install(&["lp-b"]).assert_success();
+    assert_eq!(cb.payload_size("lp-a"), Some(1 << 20));
+    assert_eq!(
+        up.count(".rpm"),
+        0,
+        "node B went upstream for packages A holds: {:?}",
+        up.requests()
+    );
+    // Each package crossed the uplink once for the site, whichever node was its fetcher, and
+    // reached the other node over QUIC.
+    let both = |k: &str| stat(a, k) + stat(b, k);
+    let sizes = repo.package("lp-a").size + repo.package("lp-b").size;
+    assert!(
+        both("from_peers") >= 2,
+        "{}\n{}",
+        a.status_json(),
+        b.status_json()
+    );
+    assert!(both("bytes_from_peers") >= sizes, "{}", b.status_json());
+    assert!(both("bytes_to_peers") >= sizes, "{}", a.status_json());
+    // Metadata: B's snapshot came from the site (A or B fetched repomd.xml upstream once, and
+    // B, if it is not the tree's fetcher, took it over QUIC).
+    assert!(
+        repomd_before + repomd_count(&up) <= 2,
+        "repomd.xml upstream more than once per node: {:?}",
+        up.requests()
+    );
+    // B stored what it served: it can serve alone now.
+    site.nodes[0].stop();
+    let b = &site.nodes[1];
+    let r = b.get(&format!("/test/{}", repo.package("lp-a").rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), repo.package("lp-a").sha256_hex);
+    assert_eq!(up.count(".rpm"), 0);
+}
+
+/// Three cold nodes whose clients all ask at the same moment: exactly one upstream download
+/// per package for the whole site, and one repomd.xml check.
+#[test]
+fn three_cold_nodes_download_each_package_once() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[
+            PkgSpec::new("lc-a", "1.0", 3 << 20),
+            PkgSpec::new("lc-b", "1.0", 2 << 20),
+        ],
+    );
+    let up = Upstream::start(repo.dir());
+    let site = LoopSite::start(3, &up, |_, _| {});
+    site.wait_joined(2);
+    site.load_metadata();
+    assert_eq!(
+        repomd_count(&up),
+        1,
+        "the site checked metadata more than once: {:?}",
+        up.requests()
+    );
+    up.throttle(Some(4 << 20));
+    let pkgs = ["lc-a", "lc-b"];
+    std::thread::scope(|s| {
+        for (i, n) in site.nodes.iter().enumerate() {
+            for p in pkgs {
+                let pkg = repo.package(p);
+                s.spawn(move || {
+                    let r = n.get(&format!("/test/{}", pkg.rel_path));
+                    assert_eq!(r.status, 200, "node {i} {p}");
+                    assert_eq!(sha256_hex(&r.body), pkg.sha256_hex, "node {i} {p}");
+                });
+            }
+        }
+    });
+    for p in pkgs {
+        assert_eq!(
+            up.count(&repo.package(p).file_name),
+            1,
+            "{p} crossed the uplink more than once: {:?}",
+            up.requests()
+        );
+    }
+    let unique: u64 = pkgs.iter().map(|p| repo.package(p).size).sum();
+    let fetched: u64 = site
+        .nodes
+        .iter()
+        .map(|n| stat(n, "bytes_fetched_upstream"))
+        .sum();
+    let meta: u64 = repo
+        .metadata_files()
+        .iter()
+        .map(|f| std::fs::metadata(repo.dir().join(f)).map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        fetched <= unique + meta + 8192,
+        "upstream bytes {fetched} > unique {unique} + metadata {meta}"
+    );
+}
+
+/// A node with another site key is refused both ways, says why, and its client still works
+/// through upstream.
+#[test]
+fn a_node_with_the_wrong_site_key_is_refused() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lk-a", "1.0", 200_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let good = write_key(dir.path(), "good.key", "0123456789abcdef-the-site-secret\n");
+    let bad = write_key(dir.path(), "bad.key", "some-other-secret-0123456789\n");
+    let site = LoopSite::start(3, &up, |i, o| {
+        o.site_key_file = Some(if i == 2 { bad.clone() } else { good.clone() });
+    });
+    site.wait_joined_subset(&[0, 1], 1);
+    let intruder = &site.nodes[2];
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(healthy_peers(intruder), 0, "{}", intruder.status_json());
+    assert_eq!(
+        healthy_peers(&site.nodes[0]),
+        1,
+        "{}",
+        site.nodes[0].status_json()
+    );
+    assert!(
+        stat(intruder, "peers_refused") >= 1,
+        "{}",
+        intruder.status_json()
+    );
+    assert!(
+        intruder.log().contains("site key"),
+        "{}",
+        intruder.log_tail(30)
+    );
+    assert!(
+        site.nodes[0].log().contains("site key"),
+        "{}",
+        site.nodes[0].log_tail(30)
+    );
+
+    // The members share; the intruder gets nothing from them.
+    let pkg = repo.package("lk-a");
+    assert_eq!(site.nodes[0].assert_serves(&pkg).status, 200);
+    up.clear_log();
+    assert_eq!(intruder.assert_serves(&pkg).status, 200);
+    assert_eq!(
+        up.count(&pkg.file_name),
+        1,
+        "the intruder must use upstream"
+    );
+    assert_eq!(stat(intruder, "from_peers"), 0);
+}
+
+impl LoopSite {
+    fn wait_joined_subset(&self, which: &[usize], want: usize) {
+        for &i in which {
+            let n = &self.nodes[i];
+            let ok = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+                healthy_peers(n) == want
+            });
+            assert!(
+                ok,
+                "node {i} did not join: {}\n{}",
+                n.status_json(),
+                n.log_tail(40)
+            );
+        }
+    }
+}
+
+/// A holder whose stored copy went bad: the asking node detects it, puts the peer aside, gets
+/// the file from the next source, and never stores or completes the bad bytes.
+#[test]
+fn bad_bytes_from_a_peer_are_detected_and_never_served() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lx-a", "1.0", 2 << 20)],
+    );
+    let up = Upstream::start(repo.dir());
+    // A alone first, so that it (and not B, as the site's fetcher) holds the package.
+    let qa = free_port();
+    let mut oa = NodeOpts::new(&up.url());
+    oa.quic_listen = format!("127.0.0.1:{qa}");
+    let a = Node::start(oa);
+    let pkg = repo.package("lx-a");
+    assert_eq!(a.get("/test/repodata/repomd.xml").status, 200);
+    a.assert_serves(&pkg);
+    // Rot one byte of A's blob, same size.
+    let blob = a
+        .blob_files()
+        .into_iter()
+        .find(|f| std::fs::metadata(f).is_ok_and(|m| m.len() == pkg.size))
+        .expect("A's blob");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let mut ob = NodeOpts::new(&up.url());
+    ob.peers = vec![format!("127.0.0.1:{qa}")];
+    let b = Node::start(ob);
+    assert!(wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || healthy_peers(&b) == 1
+    ));
+    assert_eq!(b.get("/test/repodata/repomd.xml").status, 200);
+    up.clear_log();
+
+    // The client of the bad transfer is cut off (never a complete wrong file); asking again
+    // gives the right bytes.
+    let url = format!("/test/{}", pkg.rel_path);
+    let first = b.get(&url);
+    assert!(
+        first.body.len() < pkg.size as usize || sha256_hex(&first.body) == pkg.sha256_hex,
+        "B completed a response with bad bytes"
+    );
+    let r = b.get(&url);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), pkg.sha256_hex, "B served bad bytes");
+    assert!(stat(&b, "peer_verify_failures") >= 1, "{}", b.status_json());
+    assert!(
+        b.log().contains("failed verification"),
+        "{}",
+        b.log_tail(30)
+    );
+    assert_eq!(up.count(&pkg.file_name), 1, "B fell back to upstream");
+    // B stored only the good bytes.
+    let stored: Vec<_> = b
+        .blob_files()
+        .into_iter()
+        .filter(|f| std::fs::metadata(f).is_ok_and(|m| m.len() == pkg.size))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&stored[0]).unwrap()),
+        pkg.sha256_hex
+    );
+    let peers = b.status_json()["peers"].clone();
+    assert!(
+        peers[0]["put_aside_secs"].as_u64().unwrap_or(0) > 0,
+        "A must be put aside: {peers}"
+    );
+}
+
+/// The fetcher of an item dies mid-site: the others notice and go upstream directly
+/// (availability beats strictness), and keep serving what they hold.
+#[test]
+fn a_dead_fetcher_does_not_stop_the_site() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[
+            PkgSpec::new("ld-a", "1.0", 500_000),
+            PkgSpec::new("ld-b", "1.0", 500_000),
+            PkgSpec::new("ld-c", "1.0", 500_000),
+        ],
+    );
+    let up = Upstream::start(repo.dir());
+    let mut site = LoopSite::start(2, &up, |_, _| {});
+    site.wait_joined(1);
+    site.load_metadata();
+    let a = repo.package("ld-a");
+    site.nodes[1].assert_serves(&a);
+    site.nodes[0].kill9();
+    // Everything: what B holds, and what nobody holds (the fetcher may have been A).
+    for p in ["ld-a", "ld-b", "ld-c"] {
+        let pkg = repo.package(p);
+        let r = site.nodes[1].get(&format!("/test/{}", pkg.rel_path));
+        assert_eq!(r.status, 200, "{p}: {}", site.nodes[1].log_tail(20));
+        assert_eq!(sha256_hex(&r.body), pkg.sha256_hex);
+    }
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        healthy_peers(&site.nodes[1]) == 0
+    });
+    assert!(ok, "{}", site.nodes[1].status_json());
+}
