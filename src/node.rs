@@ -332,6 +332,51 @@ impl Node {
             "Hits answered with sendfile.",
             Stats::get(&s.zero_copy_responses),
         );
+        for (name, help, v) in [
+            (
+                "peer_files_total",
+                "Files got from the site (a holder or the fetcher), verified.",
+                &s.from_peers,
+            ),
+            (
+                "peer_bytes_received_total",
+                "Bytes received from peers.",
+                &s.bytes_from_peers,
+            ),
+            (
+                "peer_bytes_sent_total",
+                "Bytes sent to peers.",
+                &s.bytes_to_peers,
+            ),
+            (
+                "peer_requests_served_total",
+                "Requests from peers answered.",
+                &s.peer_requests_served,
+            ),
+            (
+                "fetched_for_peers_total",
+                "Transfers run as the site's fetcher for a peer.",
+                &s.fetched_for_peers,
+            ),
+            (
+                "peer_verify_failures_total",
+                "Peer bytes that failed verification (peer put aside).",
+                &s.peer_verify_failures,
+            ),
+            (
+                "peers_refused_total",
+                "Peer connections refused either way (site or site key).",
+                &s.peers_refused,
+            ),
+        ] {
+            put(name, "counter", help, Stats::get(v));
+        }
+        put(
+            "live_peers",
+            "gauge",
+            "Admitted, connected peers.",
+            self.peers.live().len() as u64,
+        );
         put(
             "in_flight_transfers",
             "gauge",

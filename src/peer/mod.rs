@@ -328,9 +328,22 @@ impl Peers {
             return;
         }
         let changed = self.with_table(|t| {
-            let e = t
-                .entry(format!("mdns:{name}"))
-                .or_insert_with(|| Entry::new(Via::Mdns, name.to_string()));
+            let key = format!("mdns:{name}");
+            if !t.contains_key(&key) {
+                // It may have dialled us first: its entry, and our connection to it, become
+                // the mDNS one.
+                let mut e = t
+                    .remove(&format!("incoming:{id}"))
+                    .unwrap_or_else(|| Entry::new(Via::Mdns, name.to_string()));
+                e.via = Via::Mdns;
+                e.target = name.to_string();
+                // A dial still running under the old key is dropped when it ends.
+                e.connecting = false;
+                t.insert(key.clone(), e);
+            }
+            let Some(e) = t.get_mut(&key) else {
+                return false;
+            };
             let mut merged = e.addrs.clone();
             for a in addrs {
                 if !merged.contains(&a) {

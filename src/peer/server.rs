@@ -10,7 +10,6 @@
 //! Every request is checked like an HTTP request (configured repo, a path that stays inside it)
 //! before any I/O; anything malformed gets an error answer on that stream only.
 
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,49 +197,62 @@ impl Local {
         self.store.blob_path(&blob).exists().then_some(blob)
     }
 
+    /// Opens a held blob: its file and size, or the error answer to give.
+    fn open_blob(&self, blob: &BlobId, offset: u64) -> Result<(Arc<std::fs::File>, u64), Response> {
+        let file = std::fs::File::open(self.store.blob_path(blob))
+            .map_err(|e| error(ErrorKind::NotFound, e.to_string()))?;
+        let size = file
+            .metadata()
+            .map_err(|e| error(ErrorKind::Unavailable, e.to_string()))?
+            .len();
+        if offset > size {
+            return Err(error(ErrorKind::BadRequest, "offset past the end"));
+        }
+        Ok((Arc::new(file), size))
+    }
+
+    /// `Get`: a held blob, from `offset`.
     async fn send_blob(
         &self,
         mut send: quinn::SendStream,
         blob: BlobId,
         offset: u64,
     ) -> Result<(), String> {
-        let file = match std::fs::File::open(self.store.blob_path(&blob)) {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                send_frame(&mut send, &error(ErrorKind::NotFound, e.to_string())).await?;
+        let (file, size) = match self.open_blob(&blob, offset) {
+            Ok(x) => x,
+            Err(answer) => {
+                send_frame(&mut send, &answer).await?;
                 let _ = send.finish();
                 return Ok(());
             }
         };
-        let size = file.metadata().map_err(|e| e.to_string())?.len();
-        if offset > size {
-            send_frame(
-                &mut send,
-                &error(ErrorKind::BadRequest, "offset past the end"),
-            )
-            .await?;
-            let _ = send.finish();
-            return Ok(());
-        }
-        send_frame(
-            &mut send,
-            &Response::Blob {
-                size,
-                blake3: hash::hex(&blob),
-            },
-        )
-        .await?;
-        let mut at = offset;
+        let head = Response::Blob {
+            size,
+            blake3: hash::hex(&blob),
+        };
+        send_frame(&mut send, &head).await?;
+        self.pump(send, &blob, file, offset, size).await
+    }
+
+    /// Sends `file[at..size]` and ends the stream cleanly, or resets it if reading fails.
+    async fn pump(
+        &self,
+        mut send: quinn::SendStream,
+        blob: &BlobId,
+        file: Arc<std::fs::File>,
+        mut at: u64,
+        size: u64,
+    ) -> Result<(), String> {
         while at < size {
             let f = file.clone();
             let want = (size - at).min(CHUNK as u64) as usize;
-            let buf = tokio::task::spawn_blocking(move || {
+            let read = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; want];
                 f.read_exact_at(&mut buf, at).map(|_| buf)
             })
             .await
             .map_err(|e| e.to_string())?;
-            let buf = match buf {
+            let buf = match read {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = send.reset(1u32.into());
@@ -254,7 +266,7 @@ impl Local {
                 .map_err(|e| e.to_string())?;
         }
         let _ = send.finish();
-        self.store.touch(&blob);
+        self.store.touch(blob);
         Ok(())
     }
 
@@ -357,34 +369,16 @@ impl Local {
         blob: BlobId,
         offset: u64,
     ) -> Result<(), String> {
-        let size = std::fs::metadata(self.store.blob_path(&blob))
-            .map_err(|e| e.to_string())?
-            .len();
+        let (file, size) = match self.open_blob(&blob, offset) {
+            Ok(x) => x,
+            Err(answer) => {
+                send_frame(&mut send, &answer).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
         send_frame(&mut send, &Response::Stream { total: Some(size) }).await?;
-        let file =
-            Arc::new(std::fs::File::open(self.store.blob_path(&blob)).map_err(|e| e.to_string())?);
-        let mut at = offset;
-        while at < size {
-            let f = file.clone();
-            let want = (size - at).min(CHUNK as u64) as usize;
-            let buf = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; want];
-                f.read_exact_at(&mut buf, at).map(|_| buf)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e: io::Error| {
-                let _ = send.reset(1u32.into());
-                e.to_string()
-            })?;
-            at += buf.len() as u64;
-            Stats::add(&self.stats.bytes_to_peers, buf.len() as u64);
-            send.write_chunk(buf.into())
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let _ = send.finish();
-        Ok(())
+        self.pump(send, &blob, file, offset, size).await
     }
 
     async fn snapshot(&self, repo: &str, tree: &str) -> Response {
