@@ -992,6 +992,18 @@ mod tests {
     use crate::repodata::{Checksum, ChecksumAlgo};
 
     #[test]
+    fn peers_are_asked_only_for_checksummed_immutable_files() {
+        use Step::*;
+        assert_eq!(plan(true, true, true), vec![Holder, Fetcher, Upstream]);
+        // No checksum of our own to verify peer bytes against: upstream only.
+        assert_eq!(plan(true, false, true), vec![Upstream]);
+        // Files that change in place are each node's own business.
+        assert_eq!(plan(true, true, false), vec![Upstream]);
+        // A request that came from a peer is never forwarded.
+        assert_eq!(plan(false, true, true), vec![Upstream]);
+    }
+
+    #[test]
     fn finished_bytes_are_checked_against_metadata() {
         let path = RepoPath::parse_relative("Packages/a.rpm").unwrap();
         let mut h = MultiHasher::new(None);

@@ -767,6 +767,17 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_snapshot_is_taken_only_when_newer() {
+        // createrepo_c revisions are timestamps: compared as numbers, not text.
+        assert!(peer_is_newer("999", 50, "1000", 10));
+        assert!(!peer_is_newer("1000", 10, "999", 50));
+        // Equal or non-numeric revisions: whichever was switched in later.
+        assert!(peer_is_newer("7", 10, "7", 11));
+        assert!(!peer_is_newer("abc", 11, "abd", 10));
+        assert!(peer_is_newer("abc", 10, "abd", 11));
+    }
+
+    #[test]
     fn what_a_snapshot_prefetches() {
         for k in [
             "primary",

@@ -388,3 +388,133 @@ fn a_dead_fetcher_does_not_stop_the_site() {
     });
     assert!(ok, "{}", site.nodes[1].status_json());
 }
+
+/// A peer that speaks garbage: each bad request gets an error answer on its own stream (or the
+/// stream is closed), the connection and the node carry on, and a path that leaves its repo or
+/// names an unconfigured repo is refused before any I/O.
+#[test]
+fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
+    use lanmirror::peer::{Identity, Role, SiteAuth, wire};
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lh-a", "1.0", 100_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let q = free_port();
+    let mut o = NodeOpts::new(&up.url());
+    o.quic_listen = format!("127.0.0.1:{q}");
+    let node = Node::start(o);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let me = Identity::load_or_create(dir.path()).unwrap();
+    let answers: Vec<Result<wire::Response, String>> = rt.block_on(async {
+        let tls = me.client_tls(None).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+        let conn = ep
+            .connect(format!("127.0.0.1:{q}").parse().unwrap(), "lanmirror")
+            .unwrap()
+            .await
+            .unwrap();
+        let site = SiteAuth::new("default", None);
+        let exported = SiteAuth::exported(&conn).unwrap();
+        let hello = wire::Request::Hello {
+            site_id: site.site_id.clone(),
+            http_port: 1,
+            quic_port: 1,
+            proof: site.proof(&exported, Role::Dialler),
+        };
+        let mut out = Vec::new();
+        let frames: Vec<Vec<u8>> = vec![
+            wire::encode(&hello).unwrap(),
+            // A length far over the limit, then nothing.
+            (u32::MAX).to_be_bytes().to_vec(),
+            // Malformed JSON.
+            [&6u32.to_be_bytes()[..], b"{oops}"].concat(),
+            // An unknown message kind.
+            [&11u32.to_be_bytes()[..], br#"{"t":"zap"}"#].concat(),
+            // A second hello.
+            wire::encode(&hello).unwrap(),
+            // A path that leaves its repo; an unconfigured repo; a mutable file.
+            wire::encode(&wire::Request::Fetch {
+                repo: "test".into(),
+                path: "../../etc/passwd".into(),
+                checksum: None,
+                size: None,
+                offset: 0,
+            })
+            .unwrap(),
+            wire::encode(&wire::Request::Fetch {
+                repo: "nope".into(),
+                path: "Packages/x.rpm".into(),
+                checksum: None,
+                size: None,
+                offset: 0,
+            })
+            .unwrap(),
+            wire::encode(&wire::Request::Fetch {
+                repo: "test".into(),
+                path: "repodata/repomd.xml".into(),
+                checksum: None,
+                size: None,
+                offset: 0,
+            })
+            .unwrap(),
+            wire::encode(&wire::Request::Get {
+                checksum: "blake3:00".into(),
+                offset: u64::MAX,
+            })
+            .unwrap(),
+            // Still a working connection after all that.
+            wire::encode(&wire::Request::Have {
+                checksums: vec!["sha256:zz".into()],
+            })
+            .unwrap(),
+        ];
+        for f in frames {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let _ = send.write_all(&f).await;
+            let _ = send.finish();
+            let got = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+                .await
+                .map_err(|_| "timeout".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .and_then(|b| wire::decode_frame::<wire::Response>(&b).map_err(|e| e.to_string()));
+            out.push(got);
+        }
+        conn.close(0u32.into(), b"done");
+        out
+    });
+    assert!(
+        matches!(answers[0], Ok(wire::Response::Welcome { .. })),
+        "{:?}",
+        answers[0]
+    );
+    for (i, a) in answers.iter().enumerate().skip(1).take(8) {
+        assert!(
+            matches!(a, Ok(wire::Response::Error { .. }) | Err(_)),
+            "frame {i} got {a:?}"
+        );
+    }
+    for i in [5, 6, 7] {
+        assert!(
+            matches!(
+                &answers[i],
+                Ok(wire::Response::Error {
+                    kind: wire::ErrorKind::BadRequest,
+                    ..
+                })
+            ),
+            "frame {i}: {:?}",
+            answers[i]
+        );
+    }
+    assert_eq!(
+        answers[9],
+        Ok(wire::Response::Holding { have: vec![false] })
+    );
+    assert_eq!(up.requests().len(), 0, "nothing reached upstream");
+    assert_eq!(node.get("/api/status").status, 200, "node still up");
+}
