@@ -1,6 +1,7 @@
 //! The `lanmirror` command line: parses arguments, sets up logging, and calls the library.
-//! Errors become exit codes here and nowhere else: 0 ok, 1 failure, 2 verify found bad blobs,
-//! 3 the store is in use by a running node.
+//! Errors become exit codes here and nowhere else: 0 ok, 1 failure, 2 something was bad
+//! (`verify`: a bad blob; `import`: a bad or missing file; `export`: a file that could not be
+//! written), 3 the store is in use by a running node.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,8 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use lanmirror::bundle;
 use lanmirror::config::Config;
 use lanmirror::node::Node;
+use lanmirror::peer::{Identity, SiteAuth};
 use lanmirror::store::{Store, StoreError};
 
 #[derive(Parser)]
@@ -41,6 +44,36 @@ enum Cmd {
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Write a sneakernet bundle: the repositories this node holds, laid out as upstream lays
+    /// them out, with a signed manifest. Run it again to continue an interrupted export.
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The bundle directory (e.g. a mounted USB disk).
+        #[arg(long)]
+        to: PathBuf,
+        /// Leave out what the receiving site holds (its `lanmirror have` file).
+        #[arg(long)]
+        have: Option<PathBuf>,
+        /// Only this repo (repeatable); default: every configured repo.
+        #[arg(long = "repo")]
+        repos: Vec<String>,
+    },
+    /// Verify a bundle file by file and store the good files; exit 2 if any file was bad or
+    /// missing. Run it again to continue an interrupted import.
+    Import {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The bundle directory.
+        dir: PathBuf,
+    },
+    /// Write this node's have-list: what it holds, for the next export to leave out.
+    Have {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -143,6 +176,143 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Cmd::Export {
+            config,
+            to,
+            have,
+            repos,
+        } => {
+            let cfg = load(config.as_ref())?;
+            let store = open_store(&cfg)?;
+            let me = Identity::load_or_create(&cfg.data_dir())?;
+            let site = SiteAuth::load(&cfg.node.site, cfg.node.site_key_file.as_deref())?;
+            let have = have
+                .map(|p| bundle::HaveList::read(&p))
+                .transpose()
+                .context("reading the have-list")?;
+            if let Some(h) = &have {
+                eprintln!(
+                    "leaving out the {} files node {} holds",
+                    h.len(),
+                    h.header.node_id
+                );
+            }
+            let r = bundle::export(&store, &cfg, &me, &site, &to, have.as_ref(), &repos)
+                .with_context(|| format!("exporting to {}", to.display()))?;
+            for w in &r.warnings {
+                println!("WARNING {w}");
+            }
+            for (path, why) in &r.refused {
+                println!("NOT EXPORTED {path}: {why}");
+            }
+            println!(
+                "bundle in {}: {} files, {:.1} MiB ({} already there from an earlier run), {} left out (the other site has them), made by node {}",
+                to.display(),
+                r.files,
+                r.bytes as f64 / 1048576.0,
+                r.reused,
+                r.left_out,
+                me.id
+            );
+            Ok(if r.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Import { config, dir } => {
+            let cfg = load(config.as_ref())?;
+            let store = open_store(&cfg)?;
+            let site = SiteAuth::load(&cfg.node.site, cfg.node.site_key_file.as_deref())?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let (r, origin) = rt.block_on(async {
+                let stats = std::sync::Arc::new(lanmirror::stats::Stats::default());
+                let upstream = lanmirror::upstream::Upstream::new(&cfg)
+                    .context("building the upstream client")?;
+                let fetcher = lanmirror::fetch::Fetcher::new(
+                    store.clone(),
+                    std::sync::Arc::new(upstream),
+                    None,
+                    stats.clone(),
+                    cfg.upstream.retries,
+                );
+                let snapshots = lanmirror::snapshot::Snapshots::new(
+                    store.clone(),
+                    fetcher,
+                    stats,
+                    cfg.metadata.clone(),
+                );
+                let importer = bundle::Importer {
+                    store: &store,
+                    snapshots: &snapshots,
+                    cfg: &cfg,
+                    site: &site,
+                };
+                importer
+                    .import(&dir)
+                    .await
+                    .with_context(|| format!("importing {}", dir.display()))
+            })?;
+            println!(
+                "bundle made by node {} on {}{}",
+                origin.node_id,
+                httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(origin.created)
+                ),
+                if origin.site_key_checked {
+                    ", authenticated with this site's key"
+                } else {
+                    " (no site key here to check it with)"
+                }
+            );
+            for (path, why) in &r.bad {
+                println!("BAD {path}: {why} (not stored)");
+            }
+            for path in &r.missing {
+                println!("MISSING {path}: listed in the manifest but not on the disk");
+            }
+            for (tree, rev) in &r.switched {
+                println!("metadata of {tree} now at revision {rev}");
+            }
+            for (tree, why) in &r.kept {
+                println!("metadata of {tree} kept: {why}");
+            }
+            println!(
+                "stored {} files ({:.1} MiB), {} already held, {} bad, {} missing{}",
+                r.stored,
+                r.bytes as f64 / 1048576.0,
+                r.already,
+                r.bad.len(),
+                r.missing.len(),
+                if r.not_configured > 0 {
+                    format!(", {} of repos not configured here", r.not_configured)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(if r.all_good() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Cmd::Have { config, out } => {
+            let cfg = load(config.as_ref())?;
+            let store = open_store(&cfg)?;
+            let me = Identity::load_or_create(&cfg.data_dir())?;
+            let h = bundle::have_list(&store, &me.id)?;
+            let bytes = h.encode();
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "have-list of node {}: {} files, {} snapshots, {} bytes in {}",
+                me.id,
+                h.len(),
+                h.header.snapshots.len(),
+                bytes.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { config } => {
             let cfg = load(config.as_ref())?;
             let mut addr = cfg.node.http_listen;
@@ -155,6 +325,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let dir = cfg.data_dir();
+    let (store, _) =
+        Store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+    Ok(store)
 }
 
 /// A minimal blocking GET of /api/status, so `status` needs no HTTP client stack.

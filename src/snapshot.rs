@@ -42,13 +42,19 @@ enum Obtained {
         checked_at: u64,
     },
     /// A new repomd.xml (stored as a blob) with its companions.
-    New {
-        repomd: BlobId,
-        companions: Vec<(String, String)>,
-        etag: Option<String>,
-        last_modified: Option<String>,
-        checked_at: u64,
-    },
+    New(NewSnapshot),
+}
+
+/// A repomd.xml and its companions, stored, to be switched in once every file it names is.
+#[derive(Debug, Clone)]
+pub struct NewSnapshot {
+    pub repomd: BlobId,
+    /// `(".asc" | ".key", BLAKE3 hex)`
+    pub companions: Vec<(String, String)>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// When upstream last confirmed it (unix seconds).
+    pub checked_at: u64,
 }
 
 /// Whether a peer's snapshot is newer than ours: by repomd `<revision>` when both are numbers
@@ -57,6 +63,38 @@ pub fn peer_is_newer(ours: &str, our_at: u64, theirs: &str, their_at: u64) -> bo
     match (ours.parse::<u64>(), theirs.parse::<u64>()) {
         (Ok(a), Ok(b)) if a != b => b > a,
         _ => their_at > our_at,
+    }
+}
+
+/// Every package a primary.xml file (`href` says its compression) lists, as the `expected` row
+/// it gives: `("{repo}/{path}", checksum and size)`. Blocking.
+pub fn primary_rows(
+    file: &std::path::Path,
+    href: &str,
+    repo: &str,
+    tree: &str,
+) -> Result<Vec<(String, Expected)>, SnapshotError> {
+    let f = std::fs::File::open(file).map_err(|e| SnapshotError::Store(e.to_string()))?;
+    let mut rows = Vec::new();
+    let mut bad = None;
+    repodata::parse_primary(
+        std::io::BufReader::new(f),
+        Compression::from_href(href),
+        |p| match RepoPath::in_tree(tree, &p.href) {
+            Ok(path) => rows.push((
+                format!("{repo}/{path}"),
+                Expected {
+                    checksum: p.checksum,
+                    size: Some(p.size),
+                },
+            )),
+            Err(e) => bad = Some(format!("{}: {e}", p.href)),
+        },
+    )
+    .map_err(|e| SnapshotError::BadPrimary(e.to_string()))?;
+    match bad {
+        Some(b) => Err(SnapshotError::BadPrimary(b)),
+        None => Ok(rows),
     }
 }
 
@@ -333,19 +371,56 @@ impl Snapshots {
             Some(g) => g,
             None => self.ask_upstream(repo, tree, current.as_ref()).await?,
         };
-        let (repomd, companions, etag, last_modified, checked_at) = match got {
+        match got {
             Obtained::Same {
                 validators,
                 checked_at,
-            } => return self.confirm(&key, current, validators, checked_at).await,
-            Obtained::New {
-                repomd,
-                companions,
-                etag,
-                last_modified,
-                checked_at,
-            } => (repomd, companions, etag, last_modified, checked_at),
-        };
+            } => self.confirm(&key, current, validators, checked_at).await,
+            Obtained::New(new) => self.switch_in(repo, tree, current, new).await,
+        }
+    }
+
+    /// Puts a snapshot brought in by other means (a sneakernet bundle) in service, if it is
+    /// newer than the one in service. Every file it names must be stored already (or be
+    /// fetchable); otherwise nothing changes. Returns whether it was switched in.
+    pub async fn adopt(
+        &self,
+        repo: &str,
+        tree: &str,
+        new: NewSnapshot,
+        revision: &str,
+        fetched_at: u64,
+    ) -> Result<bool, SnapshotError> {
+        let key = format!("{repo}/{tree}");
+        let lock = self.tree_lock(&key)?;
+        let _guard = lock.lock().await;
+        let current = self.load(&key)?;
+        if let Some(cur) = &current
+            && (cur.repomd == hash::hex(&new.repomd)
+                || !peer_is_newer(&cur.revision, cur.fetched_at, revision, fetched_at))
+        {
+            return Ok(false);
+        }
+        self.switch_in(repo, tree, current, new).await?;
+        Ok(true)
+    }
+
+    /// Stores (or checks) every file `new` names, then switches it in with one commit.
+    async fn switch_in(
+        &self,
+        repo: &str,
+        tree: &str,
+        current: Option<Snapshot>,
+        new: NewSnapshot,
+    ) -> Result<(), SnapshotError> {
+        let key = format!("{repo}/{tree}");
+        let NewSnapshot {
+            repomd,
+            companions,
+            etag,
+            last_modified,
+            checked_at,
+        } = new;
         let bytes = std::fs::read(self.store.blob_path(&repomd))
             .map_err(|e| SnapshotError::Store(e.to_string()))?;
         let md =
@@ -515,13 +590,13 @@ impl Snapshots {
                 Err(e) => return Err(fetch_err(&p)(e)),
             }
         }
-        Ok(Obtained::New {
+        Ok(Obtained::New(NewSnapshot {
             repomd: done.blob,
             companions,
             etag: done.etag,
             last_modified: done.last_modified,
             checked_at: now,
-        })
+        }))
     }
 
     /// repomd.xml and its companions from the tree's fetcher at the site, when that is another
@@ -575,13 +650,13 @@ impl Snapshots {
             }
         }
         tracing::debug!(repo, tree, peer = %peer.id, revision = %ps.revision, "metadata snapshot taken from the site's fetcher");
-        Some(Obtained::New {
+        Some(Obtained::New(NewSnapshot {
             repomd: repomd?,
             companions,
             etag: ps.etag,
             last_modified: ps.last_modified,
             checked_at: ps.checked_at.min(now_secs()),
-        })
+        }))
     }
 
     /// Copies a small blob (repomd.xml, a signature) from a peer, checking its BLAKE3.
@@ -696,33 +771,11 @@ impl Snapshots {
         batch: &mut Batch,
     ) -> Result<usize, SnapshotError> {
         let file = self.store.blob_path(&blob);
-        let compression = Compression::from_href(href);
         let repo_name = repo.to_string();
-        let (repo, tree) = (repo.to_string(), tree.to_string());
-        let rows = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&file).map_err(|e| SnapshotError::Store(e.to_string()))?;
-            let mut rows = Vec::new();
-            let mut bad = None;
-            repodata::parse_primary(std::io::BufReader::new(f), compression, |p| {
-                match RepoPath::in_tree(&tree, &p.href) {
-                    Ok(path) => rows.push((
-                        format!("{repo}/{path}"),
-                        Expected {
-                            checksum: p.checksum,
-                            size: Some(p.size),
-                        },
-                    )),
-                    Err(e) => bad = Some(format!("{}: {e}", p.href)),
-                }
-            })
-            .map_err(|e| SnapshotError::BadPrimary(e.to_string()))?;
-            match bad {
-                Some(b) => Err(SnapshotError::BadPrimary(b)),
-                None => Ok(rows),
-            }
-        })
-        .await
-        .map_err(|e| SnapshotError::Store(e.to_string()))??;
+        let (repo, tree, href) = (repo.to_string(), tree.to_string(), href.to_string());
+        let rows = tokio::task::spawn_blocking(move || primary_rows(&file, &href, &repo, &tree))
+            .await
+            .map_err(|e| SnapshotError::Store(e.to_string()))??;
         let n = rows.len();
         let mut replaced = 0;
         for (k, e) in rows {

@@ -479,6 +479,40 @@ impl Store {
         Ok(out)
     }
 
+    /// Every path row under `prefix` (e.g. `"almalinux/"`), in order.
+    pub fn paths_under(&self, prefix: &str) -> Result<Vec<(String, PathEntry)>, StoreError> {
+        let tx = db_err!(self.inner.db.begin_read())?;
+        let t = db_err!(tx.open_table(PATHS))?;
+        let mut out = Vec::new();
+        for row in db_err!(t.range(prefix..))? {
+            let (k, v) = db_err!(row)?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let e = PathEntry::decode(v.value()).ok_or_else(|| StoreError::CorruptRow {
+                key: key.to_string(),
+            })?;
+            out.push((key.to_string(), e));
+        }
+        Ok(out)
+    }
+
+    /// The SHA-256 of every stored blob.
+    pub fn all_sha256(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let tx = db_err!(self.inner.db.begin_read())?;
+        let t = db_err!(tx.open_table(ALIASES))?;
+        let code = ChecksumAlgo::Sha256.code();
+        let mut out = Vec::new();
+        for row in db_err!(t.range([code].as_slice()..[code + 1].as_slice()))? {
+            let (k, _) = db_err!(row)?;
+            if let Ok(d) = k.value()[1..].try_into() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of blobs and their total size.
     pub fn totals(&self) -> Result<(u64, u64), StoreError> {
         let tx = db_err!(self.inner.db.begin_read())?;

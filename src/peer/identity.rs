@@ -54,6 +54,31 @@ impl NodeId {
     }
 }
 
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo; the raw 32-byte key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+impl NodeId {
+    /// The id of the node whose raw Ed25519 public key this is (the same id its certificate
+    /// gives).
+    pub fn of_ed25519(raw: &[u8]) -> NodeId {
+        let mut spki = ED25519_SPKI_PREFIX.to_vec();
+        spki.extend_from_slice(raw);
+        let h = blake3::hash(&spki);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.as_bytes()[..16]);
+        NodeId(id)
+    }
+}
+
+/// Checks an Ed25519 signature made by [`Identity::sign`].
+pub fn verify_signature(public: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(msg, sig)
+        .is_ok()
+}
+
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&crate::hash::hex(&self.0))
@@ -130,6 +155,17 @@ impl Identity {
             cert,
             key_der: key.serialize_der(),
         })
+    }
+
+    /// Signs `msg` with this node's key (Ed25519): `(public key, signature)`, both raw.
+    pub fn sign(&self, msg: &[u8]) -> Result<(Vec<u8>, Vec<u8>), IdentityError> {
+        use ring::signature::KeyPair;
+        let kp = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&self.key_der)
+            .map_err(|e| IdentityError::Tls(format!("node key cannot sign: {e}")))?;
+        Ok((
+            kp.public_key().as_ref().to_vec(),
+            kp.sign(msg).as_ref().to_vec(),
+        ))
     }
 
     fn chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -280,6 +316,21 @@ impl SiteAuth {
         }
     }
 
+    /// A MAC of `msg` under the site key (for bundle manifests), when there is a key.
+    pub fn mac(&self, msg: &[u8]) -> Option<String> {
+        let key = self.key.as_ref()?;
+        let mut h = blake3::Hasher::new_keyed(key);
+        h.update(b"lanmirror bundle manifest v1");
+        h.update(msg);
+        Some(h.finalize().to_hex().to_string())
+    }
+
+    /// Checks a MAC made by [`SiteAuth::mac`].
+    pub fn check_mac(&self, msg: &[u8], mac: &str) -> bool {
+        self.mac(msg)
+            .is_some_and(|m| constant_time_eq(m.as_bytes(), mac.as_bytes()))
+    }
+
     /// The exporter value of a connection.
     pub fn exported(conn: &quinn::Connection) -> Result<[u8; 32], String> {
         let mut out = [0u8; 32];
@@ -428,6 +479,14 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "node.key must not be readable by others");
+        let (public, sig) = a.sign(b"manifest").unwrap();
+        assert_eq!(
+            NodeId::of_ed25519(&public),
+            a.id,
+            "signing key is the TLS key"
+        );
+        assert!(verify_signature(&public, b"manifest", &sig));
+        assert!(!verify_signature(&public, b"manifesT", &sig));
         let other = tempfile::tempdir().unwrap();
         let c = Identity::load_or_create(other.path()).unwrap();
         assert_ne!(a.id, c.id);

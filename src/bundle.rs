@@ -1,0 +1,1250 @@
+//! Sneakernet: a site's cache carried on a disk. `export` writes a *bundle* — each repository
+//! tree laid out exactly as upstream lays it out (so dnf can use the disk as a `file://` repo
+//! with no lanmirror at all), plus a signed manifest; `import` verifies a bundle file by file
+//! and stores the good files; `have` writes the compact list of what a node holds, so the next
+//! trip carries only what is missing; a [`Seeds`] directory serves a mounted bundle as a
+//! read-only source without importing it.
+//!
+//! Bundle layout: `<dir>/<repo>/<path>` for every file, `<dir>/lanmirror-bundle.json` (the
+//! manifest: every file with size, BLAKE3 and SHA-256; the metadata snapshots; the exporting
+//! node and time) and `<dir>/lanmirror-bundle.sig` (Ed25519 signature by the exporting node's
+//! key, and a MAC under the site key where one is set). The manifest is written last: a
+//! directory without one is an unfinished export, and running the export again continues it.
+//! Names are checked for FAT32/exFAT (no links, no `<>:"\|?*`, no reserved names), and files
+//! over 4 GiB are refused on a FAT32 disk and reported elsewhere.
+//!
+//! Trust: the manifest says which bytes were exported; repository metadata says which bytes
+//! are right. Import checks both for every file, so an altered package is named and never
+//! stored even in a correctly signed bundle, and an altered manifest is refused outright.
+//!
+//! Not here: serving (the bundle's files reach clients through `fetch` and `snapshot` like any
+//! other source), and GPG signatures (dnf's job).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::hash::{self, BlobId, MultiHasher};
+use crate::paths::{PathKind, RepoPath};
+use crate::peer::identity::{self, Identity, NodeId, SiteAuth};
+use crate::repodata::{self, Checksum, ChecksumAlgo};
+use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, now_secs};
+
+pub const MANIFEST: &str = "lanmirror-bundle.json";
+pub const SIGNATURE: &str = "lanmirror-bundle.sig";
+const FORMAT: u32 = 1;
+/// The largest file FAT32 can hold.
+const FAT32_MAX: u64 = (4 << 30) - 1;
+/// Largest manifest or signature file read.
+const MAX_MANIFEST: u64 = 512 << 20;
+/// Have-list magic and limits.
+const HAVE_MAGIC: &[u8] = b"LMHAVE1\n";
+const MAX_HAVE_HEADER: usize = 1 << 20;
+const MAX_HAVE_ENTRIES: usize = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the bundle's manifest is refused: {0}")]
+    Refused(String),
+    #[error("not a bundle: {0}")]
+    NotABundle(String),
+    #[error("have-list {path}: {why}")]
+    BadHave { path: PathBuf, why: String },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One file of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleFile {
+    /// `<repo>/<path in repo>`, '/'-separated.
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+    pub sha256: String,
+}
+
+/// A metadata snapshot carried by a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleSnapshot {
+    pub repo: String,
+    /// The tree inside the repo, e.g. `9/BaseOS/x86_64/os/` (empty for the repo root).
+    pub tree: String,
+    pub revision: String,
+    pub fetched_at: u64,
+    pub checked_at: u64,
+    /// `(suffix, bundle path)` of repomd.xml (suffix "") and its companions.
+    pub files: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub node_id: String,
+    /// Raw Ed25519 public key of the exporting node (hex); `node_id` derives from it.
+    pub public_key: String,
+    pub site_id: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub snapshots: Vec<BundleSnapshot>,
+    pub files: Vec<BundleFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signature {
+    ed25519: String,
+    site_mac: Option<String>,
+}
+
+/// Who made a bundle, once its manifest is verified.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub node_id: NodeId,
+    pub created: u64,
+    /// The manifest was authenticated with this node's site key.
+    pub site_key_checked: bool,
+}
+
+/// Reads and checks a bundle's manifest: signature by the key it names, and the site-key MAC
+/// when this node has a site key.
+pub fn read_manifest(dir: &Path, site: &SiteAuth) -> Result<(Manifest, Origin), BundleError> {
+    let mpath = dir.join(MANIFEST);
+    let spath = dir.join(SIGNATURE);
+    let bytes = read_capped(&mpath).map_err(|e| match e {
+        BundleError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            BundleError::NotABundle(format!(
+                "{} has no {MANIFEST} (an export that did not finish? run it again)",
+                dir.display()
+            ))
+        }
+        e => e,
+    })?;
+    let sig: Signature = serde_json::from_slice(&read_capped(&spath)?)
+        .map_err(|e| BundleError::Refused(format!("{SIGNATURE} is not valid: {e}")))?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| BundleError::Refused(format!("{MANIFEST} is not valid: {e}")))?;
+    if m.format != FORMAT {
+        return Err(BundleError::Refused(format!(
+            "bundle format {} is not supported by this version (it reads {FORMAT})",
+            m.format
+        )));
+    }
+    let public =
+        unhex(&m.public_key).ok_or_else(|| BundleError::Refused("bad public key".into()))?;
+    let signature =
+        unhex(&sig.ed25519).ok_or_else(|| BundleError::Refused("bad signature".into()))?;
+    if !identity::verify_signature(&public, &bytes, &signature) {
+        return Err(BundleError::Refused(
+            "the manifest does not match its signature: it was altered after export".into(),
+        ));
+    }
+    let node_id = NodeId::of_ed25519(&public);
+    if node_id.to_string() != m.node_id {
+        return Err(BundleError::Refused(
+            "the manifest names a node id that is not its signer's".into(),
+        ));
+    }
+    let site_key_checked = match (site.has_key(), &sig.site_mac) {
+        (false, _) => false,
+        (true, Some(mac)) if site.check_mac(&bytes, mac) => true,
+        (true, Some(_)) => {
+            return Err(BundleError::Refused(
+                "the bundle was made with a different site key".into(),
+            ));
+        }
+        (true, None) => {
+            return Err(BundleError::Refused(
+                "this site has a site key and the bundle was made without one".into(),
+            ));
+        }
+    };
+    // Every path must stay inside the bundle, in normal form, whoever signed it.
+    for f in &m.files {
+        if !bundle_path_ok(&f.path) {
+            return Err(BundleError::Refused(format!(
+                "the manifest names a path outside the bundle: {:?}",
+                f.path
+            )));
+        }
+    }
+    for s in &m.snapshots {
+        let tree_ok = RepoPath::in_tree(&s.tree, "repodata/repomd.xml").is_ok_and(|p| {
+            p.kind()
+                == PathKind::RepoMd {
+                    tree: s.tree.clone(),
+                }
+        });
+        if !tree_ok || !bundle_path_ok(&format!("{}/x", s.repo)) {
+            return Err(BundleError::Refused(format!(
+                "the manifest names a bad tree: {:?}/{:?}",
+                s.repo, s.tree
+            )));
+        }
+    }
+    let origin = Origin {
+        node_id,
+        created: m.created,
+        site_key_checked,
+    };
+    Ok((m, origin))
+}
+
+/// `<repo>/<path>` with a plain repo name and a path that stays in its repo, in normal form.
+fn bundle_path_ok(p: &str) -> bool {
+    let Some((repo, rest)) = p.split_once('/') else {
+        return false;
+    };
+    let repo_ok = !repo.is_empty()
+        && repo != "."
+        && repo != ".."
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    repo_ok && RepoPath::parse_relative(rest).is_ok_and(|r| r.as_str() == rest)
+}
+
+fn read_capped(path: &Path) -> Result<Vec<u8>, BundleError> {
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut out = Vec::new();
+    f.take(MAX_MANIFEST)
+        .read_to_end(&mut out)
+        .map_err(io_err(path))?;
+    Ok(out)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Why a bundle path cannot live on a FAT32/exFAT disk, if it cannot.
+pub fn fat_problem(path: &str) -> Option<String> {
+    for seg in path.split('/') {
+        if seg.is_empty() || seg.len() > 255 {
+            return Some(format!("segment {seg:?} is empty or longer than 255 bytes"));
+        }
+        if let Some(c) = seg
+            .chars()
+            .find(|c| (*c as u32) < 0x20 || "<>:\"\\|?*".contains(*c))
+        {
+            return Some(format!("{c:?} is not allowed in FAT/exFAT names"));
+        }
+        if seg.ends_with(' ') || seg.ends_with('.') {
+            return Some(format!("{seg:?} ends with a space or a dot"));
+        }
+        let stem = seg.split('.').next().unwrap_or("").to_ascii_uppercase();
+        let reserved = ["CON", "PRN", "AUX", "NUL"].contains(&stem.as_str())
+            || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+                && stem.len() == 4
+                && stem.as_bytes()[3].is_ascii_digit());
+        if reserved {
+            return Some(format!("{seg:?} is a reserved name on FAT/exFAT"));
+        }
+    }
+    None
+}
+
+/// Whether `dir` is on a FAT (vfat) filesystem, which cannot hold files of 4 GiB or more.
+fn on_fat32(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid NUL-terminated path; st is a plain out-parameter.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0x4d44
+    }
+}
+
+// ---------------------------------------------------------------- have-lists
+
+/// What a node holds: SHA-256 prefixes (8 bytes each; a false match is one in 2^64 per file)
+/// and the snapshots it follows. Small: 8 bytes per file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaveList {
+    pub header: HaveHeader,
+    /// Sorted, deduplicated.
+    prefixes: Vec<[u8; 8]>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveHeader {
+    pub node_id: String,
+    pub created: u64,
+    /// `(repo, tree, revision)` of each snapshot the node serves.
+    pub snapshots: Vec<(String, String, String)>,
+}
+
+impl HaveList {
+    pub fn new(header: HaveHeader, sha256: impl IntoIterator<Item = [u8; 32]>) -> HaveList {
+        let mut prefixes: Vec<[u8; 8]> = sha256
+            .into_iter()
+            .map(|d| {
+                let mut p = [0u8; 8];
+                p.copy_from_slice(&d[..8]);
+                p
+            })
+            .collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        HaveList { header, prefixes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.prefixes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty()
+    }
+
+    pub fn contains(&self, sha256: &[u8]) -> bool {
+        sha256.len() >= 8
+            && self
+                .prefixes
+                .binary_search_by(|p| p[..].cmp(&sha256[..8]))
+                .is_ok()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).unwrap_or_default();
+        let mut out = Vec::with_capacity(HAVE_MAGIC.len() + 8 + header.len() + 8 * self.len());
+        out.extend_from_slice(HAVE_MAGIC);
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.prefixes.len() as u32).to_be_bytes());
+        for p in &self.prefixes {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<HaveList, String> {
+        let rest = b
+            .strip_prefix(HAVE_MAGIC)
+            .ok_or("not a lanmirror have-list (made by `lanmirror have`)")?;
+        let (n, rest) = take_u32(rest)?;
+        if n > MAX_HAVE_HEADER || rest.len() < n {
+            return Err("truncated or oversized header".into());
+        }
+        let header: HaveHeader =
+            serde_json::from_slice(&rest[..n]).map_err(|e| format!("bad header: {e}"))?;
+        let (count, rest) = take_u32(&rest[n..])?;
+        if count > MAX_HAVE_ENTRIES || rest.len() != count * 8 {
+            return Err(format!(
+                "says {count} entries but holds {} bytes of them",
+                rest.len()
+            ));
+        }
+        let mut prefixes: Vec<[u8; 8]> = rest
+            .chunks_exact(8)
+            .map(|c| {
+                let mut p = [0u8; 8];
+                p.copy_from_slice(c);
+                p
+            })
+            .collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        Ok(HaveList { header, prefixes })
+    }
+
+    pub fn read(path: &Path) -> Result<HaveList, BundleError> {
+        let b = std::fs::read(path).map_err(io_err(path))?;
+        HaveList::decode(&b).map_err(|why| BundleError::BadHave {
+            path: path.to_path_buf(),
+            why,
+        })
+    }
+}
+
+fn take_u32(b: &[u8]) -> Result<(usize, &[u8]), String> {
+    let head: [u8; 4] = b
+        .get(..4)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("truncated")?;
+    Ok((u32::from_be_bytes(head) as usize, &b[4..]))
+}
+
+/// The have-list of a store.
+pub fn have_list(store: &Store, node_id: &NodeId) -> Result<HaveList, BundleError> {
+    let snapshots = store
+        .snapshots()?
+        .into_iter()
+        .filter_map(|(k, s)| {
+            let (repo, tree) = k.split_once('/')?;
+            Some((repo.to_string(), tree.to_string(), s.revision))
+        })
+        .collect();
+    Ok(HaveList::new(
+        HaveHeader {
+            node_id: node_id.to_string(),
+            created: now_secs(),
+            snapshots,
+        },
+        store.all_sha256()?,
+    ))
+}
+
+// ---------------------------------------------------------------- progress
+
+/// Files, bytes, rate and time left: one updating line on a terminal, a plain line every few
+/// seconds otherwise.
+pub struct Progress {
+    what: &'static str,
+    files: u64,
+    bytes: u64,
+    done_files: u64,
+    done_bytes: u64,
+    start: Instant,
+    last: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(what: &'static str, files: u64, bytes: u64) -> Progress {
+        let now = Instant::now();
+        Progress {
+            what,
+            files,
+            bytes,
+            done_files: 0,
+            done_bytes: 0,
+            start: now,
+            last: now,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    pub fn file_done(&mut self, bytes: u64) {
+        self.done_files += 1;
+        self.done_bytes += bytes;
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.elapsed() >= every {
+            self.last = Instant::now();
+            self.print(false);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.print(true);
+    }
+
+    fn print(&self, last: bool) {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done_bytes as f64 / secs;
+        let left = if rate > 0.0 {
+            (self.bytes.saturating_sub(self.done_bytes) as f64 / rate) as u64
+        } else {
+            0
+        };
+        let line = format!(
+            "{}: {}/{} files, {:.1}/{:.1} MiB, {:.1} MiB/s, {} left",
+            self.what,
+            self.done_files,
+            self.files,
+            self.done_bytes as f64 / 1048576.0,
+            self.bytes as f64 / 1048576.0,
+            rate / 1048576.0,
+            if last {
+                format!("0 s (took {secs:.1} s)")
+            } else {
+                format!("{left} s")
+            }
+        );
+        let mut e = std::io::stderr();
+        if self.tty {
+            let _ = write!(e, "\r\x1b[2K{line}{}", if last { "\n" } else { "" });
+        } else {
+            let _ = writeln!(e, "{line}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- export
+
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files already in place from an earlier, interrupted run (checked by BLAKE3).
+    pub reused: u64,
+    /// Files left out because the have-list says the other site holds them.
+    pub left_out: u64,
+    /// Files that could not be exported, and why.
+    pub refused: Vec<(String, String)>,
+    pub warnings: Vec<String>,
+}
+
+/// Writes a bundle of `repos` (all configured repos when empty) to `to`.
+pub fn export(
+    store: &Store,
+    cfg: &Config,
+    me: &Identity,
+    site: &SiteAuth,
+    to: &Path,
+    have: Option<&HaveList>,
+    repos: &[String],
+) -> Result<ExportReport, BundleError> {
+    for r in repos {
+        if cfg.repo(r).is_none() {
+            return Err(BundleError::Other(format!("repo {r:?} is not configured")));
+        }
+    }
+    let wanted: Vec<&str> = if repos.is_empty() {
+        cfg.repos.iter().map(|r| r.name.as_str()).collect()
+    } else {
+        repos.iter().map(String::as_str).collect()
+    };
+    std::fs::create_dir_all(to).map_err(io_err(to))?;
+    let fat32 = on_fat32(to);
+    let mut report = ExportReport::default();
+
+    // What to write: path → blob. Snapshot files first, then every stored path.
+    let mut entries: BTreeMap<String, BlobId> = BTreeMap::new();
+    let mut snapshots = Vec::new();
+    let mut always: HashSet<String> = HashSet::new();
+    for (key, s) in store.snapshots()? {
+        let Some((repo, tree)) = key.split_once('/') else {
+            continue;
+        };
+        if !wanted.contains(&repo) {
+            continue;
+        }
+        let mut files = Vec::new();
+        for (suffix, b) in std::iter::once(("", &s.repomd))
+            .chain(s.companions.iter().map(|(x, b)| (x.as_str(), b)))
+        {
+            let Some(id) = hash::parse_blob_id(b) else {
+                continue;
+            };
+            let path = format!("{repo}/{tree}repodata/repomd.xml{suffix}");
+            entries.insert(path.clone(), id);
+            always.insert(path.clone());
+            files.push((suffix.to_string(), path));
+        }
+        snapshots.push(BundleSnapshot {
+            repo: repo.to_string(),
+            tree: tree.to_string(),
+            revision: s.revision,
+            fetched_at: s.fetched_at,
+            checked_at: s.checked_at,
+            files,
+        });
+    }
+    for repo in &wanted {
+        for (key, e) in store.paths_under(&format!("{repo}/"))? {
+            entries.entry(key).or_insert(e.blob);
+        }
+    }
+
+    let mut plan = Vec::new();
+    for (path, blob) in entries {
+        let Some(meta) = store.blob_meta(&blob)? else {
+            continue;
+        };
+        let Some(sha) = meta.sha256().cloned() else {
+            continue;
+        };
+        if !always.contains(&path) && have.is_some_and(|h| h.contains(&sha.digest)) {
+            report.left_out += 1;
+            continue;
+        }
+        if let Some(why) = fat_problem(&path) {
+            report.refused.push((path, why));
+            continue;
+        }
+        if meta.size > FAT32_MAX {
+            if fat32 {
+                report.refused.push((
+                    path,
+                    format!(
+                        "{} bytes: a FAT32 disk cannot hold a file of 4 GiB or more (use exFAT)",
+                        meta.size
+                    ),
+                ));
+                continue;
+            }
+            report.warnings.push(format!(
+                "{path} is {} bytes: this bundle cannot be copied to a FAT32 disk (exFAT is fine)",
+                meta.size
+            ));
+        }
+        plan.push((path, blob, meta.size, sha));
+    }
+
+    let total: u64 = plan.iter().map(|p| p.2).sum();
+    let mut progress = Progress::new("export", plan.len() as u64, total);
+    let mut files = Vec::with_capacity(plan.len());
+    for (path, blob, size, sha) in plan {
+        let dest = to.join(&path);
+        let src = store.blob_path(&blob);
+        if already_there(&dest, size, &blob) {
+            report.reused += 1;
+        } else {
+            copy_into_place(&src, &dest)?;
+        }
+        report.files += 1;
+        report.bytes += size;
+        progress.file_done(size);
+        files.push(BundleFile {
+            path,
+            size,
+            blake3: hash::hex(&blob),
+            sha256: sha.to_hex(),
+        });
+    }
+    progress.finish();
+    sync_fs(to);
+
+    let (public, _) = me
+        .sign(b"")
+        .map_err(|e| BundleError::Other(e.to_string()))?;
+    let manifest = Manifest {
+        format: FORMAT,
+        node_id: me.id.to_string(),
+        public_key: hash::hex(&public),
+        site_id: site.site_id.clone(),
+        created: now_secs(),
+        snapshots,
+        files,
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Other(e.to_string()))?;
+    let (_, sig) = me
+        .sign(&bytes)
+        .map_err(|e| BundleError::Other(e.to_string()))?;
+    let sig = Signature {
+        ed25519: hash::hex(&sig),
+        site_mac: site.mac(&bytes),
+    };
+    let sig_bytes =
+        serde_json::to_vec_pretty(&sig).map_err(|e| BundleError::Other(e.to_string()))?;
+    // Signature first, manifest last: a manifest present means a finished bundle.
+    write_atomic(&to.join(SIGNATURE), &sig_bytes)?;
+    write_atomic(&to.join(MANIFEST), &bytes)?;
+    sync_fs(to);
+    Ok(report)
+}
+
+/// Is `dest` already the blob (from an interrupted run)? Checked by size, then BLAKE3.
+fn already_there(dest: &Path, size: u64, blob: &BlobId) -> bool {
+    if !std::fs::metadata(dest).is_ok_and(|m| m.len() == size) {
+        return false;
+    }
+    std::fs::File::open(dest)
+        .and_then(|f| {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(f)?;
+            Ok(h.finalize())
+        })
+        .is_ok_and(|h| h.as_bytes() == blob)
+}
+
+/// Copies `src` to `dest` through `dest.part` (the kernel copies: copy_file_range).
+fn copy_into_place(src: &Path, dest: &Path) -> Result<(), BundleError> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut part = dest.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    std::fs::copy(src, &part).map_err(io_err(&part))?;
+    std::fs::rename(&part, dest).map_err(io_err(dest))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Flushes the filesystem holding `dir` (one sync for a whole export instead of one per file).
+fn sync_fs(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is valid for the duration of the call.
+        unsafe {
+            libc::syncfs(f.as_raw_fd());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- import
+
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    /// Files verified and stored by this run.
+    pub stored: u64,
+    pub bytes: u64,
+    /// Files the store already held (an earlier run, or from upstream).
+    pub already: u64,
+    /// Files that failed verification, and why (never stored).
+    pub bad: Vec<(String, String)>,
+    /// Files the manifest lists that are not on the disk.
+    pub missing: Vec<String>,
+    /// Files of repos this node does not serve.
+    pub not_configured: u64,
+    /// `(repo/tree, revision)` of snapshots switched in.
+    pub switched: Vec<(String, String)>,
+    /// Snapshots not switched in, and why (older than the node's, or incomplete).
+    pub kept: Vec<(String, String)>,
+}
+
+impl ImportReport {
+    pub fn all_good(&self) -> bool {
+        self.bad.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// What an import needs from the node's parts.
+pub struct Importer<'a> {
+    pub store: &'a Store,
+    pub snapshots: &'a crate::snapshot::Snapshots,
+    pub cfg: &'a Config,
+    pub site: &'a SiteAuth,
+}
+
+impl Importer<'_> {
+    /// Verifies and stores a bundle's files, then switches in its snapshots where newer.
+    pub async fn import(&self, dir: &Path) -> Result<(ImportReport, Origin), BundleError> {
+        let (m, origin) = read_manifest(dir, self.site)?;
+        let mut report = ImportReport::default();
+        let by_path: HashMap<&str, &BundleFile> =
+            m.files.iter().map(|f| (f.path.as_str(), f)).collect();
+
+        // What repository metadata says each file must be, from the bundle's own metadata
+        // (checked against the manifest first) and this node's.
+        let mut expected: HashMap<String, Expected> = HashMap::new();
+        for s in &m.snapshots {
+            if self.cfg.repo(&s.repo).is_none() {
+                continue;
+            }
+            let Some((_, rpath)) = s.files.iter().find(|(x, _)| x.is_empty()) else {
+                continue;
+            };
+            let Some(bytes) = by_path
+                .get(rpath.as_str())
+                .and_then(|f| read_verified(dir, f).ok())
+            else {
+                continue;
+            };
+            let Ok(md) = repodata::parse_repomd(&bytes) else {
+                report
+                    .bad
+                    .push((rpath.clone(), "repomd.xml does not parse".into()));
+                continue;
+            };
+            for r in &md.records {
+                let Ok(p) = RepoPath::in_tree(&s.tree, &r.href) else {
+                    continue;
+                };
+                let key = format!("{}/{p}", s.repo);
+                expected.insert(
+                    key.clone(),
+                    Expected {
+                        checksum: r.checksum.clone(),
+                        size: r.size,
+                    },
+                );
+                if r.kind == "primary"
+                    && let Some(f) = by_path.get(key.as_str())
+                    && verify_file(dir, f, expected.get(&key)).is_ok()
+                {
+                    let file = dir.join(&f.path);
+                    match crate::snapshot::primary_rows(&file, &r.href, &s.repo, &s.tree) {
+                        Ok(rows) => expected.extend(rows),
+                        Err(e) => report.bad.push((key, e.to_string())),
+                    }
+                }
+            }
+        }
+
+        let total: u64 = m.files.iter().map(|f| f.size).sum();
+        let mut progress = Progress::new("import", m.files.len() as u64, total);
+        let mut batch = Batch::new();
+        let mut pending = 0;
+        for f in &m.files {
+            let outcome = self.import_file(dir, f, &expected, &mut batch);
+            progress.file_done(f.size);
+            match outcome {
+                Outcome::Stored => {
+                    report.stored += 1;
+                    report.bytes += f.size;
+                    pending += 1;
+                }
+                Outcome::Already => report.already += 1,
+                Outcome::NotConfigured => report.not_configured += 1,
+                Outcome::Missing => report.missing.push(f.path.clone()),
+                Outcome::Bad(why) => report.bad.push((f.path.clone(), why)),
+            }
+            if pending >= 256 {
+                self.store.commit(std::mem::take(&mut batch)).await?;
+                pending = 0;
+            }
+        }
+        self.store.commit(batch).await?;
+        progress.finish();
+
+        for s in &m.snapshots {
+            let key = format!("{}/{}", s.repo, s.tree);
+            if self.cfg.repo(&s.repo).is_none() {
+                continue;
+            }
+            match self.adopt(s, &by_path).await {
+                Ok(true) => report.switched.push((key, s.revision.clone())),
+                Ok(false) => report
+                    .kept
+                    .push((key, "this node's snapshot is as new or newer".into())),
+                Err(why) => report.kept.push((key, why)),
+            }
+        }
+        report.bad.sort();
+        report.bad.dedup();
+        Ok((report, origin))
+    }
+
+    fn import_file(
+        &self,
+        dir: &Path,
+        f: &BundleFile,
+        expected: &HashMap<String, Expected>,
+        batch: &mut Batch,
+    ) -> Outcome {
+        let Some((repo, rest)) = f.path.split_once('/') else {
+            return Outcome::Bad("path has no repo".into());
+        };
+        if self.cfg.repo(repo).is_none() {
+            return Outcome::NotConfigured;
+        }
+        let Ok(rpath) = RepoPath::parse_relative(rest) else {
+            return Outcome::Bad("path leaves its repo".into());
+        };
+        let key = format!("{repo}/{rpath}");
+        if key != f.path {
+            return Outcome::Bad("path is not in normal form".into());
+        }
+        let publish = !matches!(
+            rpath.kind(),
+            PathKind::RepoMd { .. } | PathKind::RepoMdCompanion { .. }
+        );
+        let exp = expected
+            .get(&key)
+            .cloned()
+            .or_else(|| self.store.expected(&key).ok().flatten());
+        let Ok(sha) = Checksum::from_hex(ChecksumAlgo::Sha256, &f.sha256) else {
+            return Outcome::Bad("manifest SHA-256 is malformed".into());
+        };
+        // Held already (an earlier run, or upstream): just list it under this path.
+        if let Ok(Some(blob)) = self.store.blob_by_checksum(&sha)
+            && self.store.blob_path(&blob).exists()
+        {
+            if publish
+                && exp
+                    .as_ref()
+                    .is_none_or(|e| matches_sum(self.store, &blob, e))
+            {
+                batch.set_path(key, entry(blob));
+            }
+            return Outcome::Already;
+        }
+        let src = dir.join(&f.path);
+        if !src.exists() {
+            return Outcome::Missing;
+        }
+        match self.copy_verified(&src, f, exp.as_ref()) {
+            Ok(d) => {
+                batch.put_blob(BlobMeta::from_digests(&d, now_secs()));
+                if publish {
+                    batch.set_path(key, entry(d.blake3));
+                }
+                Outcome::Stored
+            }
+            Err(why) => Outcome::Bad(why),
+        }
+    }
+
+    /// Copies a bundle file into the store while hashing it; installs it only if it matches the
+    /// manifest and the metadata.
+    fn copy_verified(
+        &self,
+        src: &Path,
+        f: &BundleFile,
+        exp: Option<&Expected>,
+    ) -> Result<crate::hash::Digests, String> {
+        let mut input = std::fs::File::open(src).map_err(|e| e.to_string())?;
+        let tmp = self.store.new_tmp_path();
+        let mut out = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut h = MultiHasher::new(exp.map(|e| e.checksum.algo));
+        let mut buf = vec![0u8; 1 << 20];
+        let result = (|| {
+            loop {
+                let n = input.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            }
+            let d = h.finish();
+            check_manifest(f, &d)?;
+            let path = RepoPath::parse_relative(&f.path).map_err(|e| e.to_string())?;
+            crate::fetch::check_expected(&path, exp, &d)
+                .map_err(|w| format!("does not match the repository metadata: {w}"))?;
+            self.store
+                .install_blob(&out, &tmp, &d)
+                .map_err(|e| e.to_string())?;
+            Ok(d)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    async fn adopt(
+        &self,
+        s: &BundleSnapshot,
+        by_path: &HashMap<&str, &BundleFile>,
+    ) -> Result<bool, String> {
+        let mut repomd = None;
+        let mut companions = Vec::new();
+        for (suffix, path) in &s.files {
+            let f = by_path
+                .get(path.as_str())
+                .ok_or_else(|| format!("{path} is not in the manifest"))?;
+            let blob = hash::parse_blob_id(&f.blake3).ok_or("bad manifest entry")?;
+            if !self.store.blob_path(&blob).exists() {
+                return Err(format!("{path} was not imported"));
+            }
+            if suffix.is_empty() {
+                repomd = Some(blob);
+            } else {
+                companions.push((suffix.clone(), f.blake3.clone()));
+            }
+        }
+        let new = crate::snapshot::NewSnapshot {
+            repomd: repomd.ok_or("the snapshot has no repomd.xml")?,
+            companions,
+            etag: None,
+            last_modified: None,
+            checked_at: s.checked_at.min(now_secs()),
+        };
+        self.snapshots
+            .adopt(&s.repo, &s.tree, new, &s.revision, s.fetched_at)
+            .await
+            .map_err(|e| format!("not switched in: {e}"))
+    }
+}
+
+enum Outcome {
+    Stored,
+    Already,
+    NotConfigured,
+    Missing,
+    Bad(String),
+}
+
+fn entry(blob: BlobId) -> PathEntry {
+    PathEntry {
+        blob,
+        checked_at: now_secs(),
+        etag: None,
+        last_modified: None,
+    }
+}
+
+fn matches_sum(store: &Store, blob: &BlobId, e: &Expected) -> bool {
+    store.blob_meta(blob).ok().flatten().is_some_and(|m| {
+        m.checksums
+            .iter()
+            .all(|c| c.algo != e.checksum.algo || *c == e.checksum)
+    })
+}
+
+fn check_manifest(f: &BundleFile, d: &crate::hash::Digests) -> Result<(), String> {
+    if d.len != f.size {
+        return Err(format!("is {} bytes, the manifest says {}", d.len, f.size));
+    }
+    if hash::hex(&d.blake3) != f.blake3
+        || d.get(ChecksumAlgo::Sha256).map(|c| c.to_hex()).as_deref() != Some(f.sha256.as_str())
+    {
+        return Err("does not match the checksums in the manifest (damaged or altered)".into());
+    }
+    Ok(())
+}
+
+/// A small bundle file's bytes, checked against the manifest.
+fn read_verified(dir: &Path, f: &BundleFile) -> Result<Vec<u8>, String> {
+    if f.size > MAX_MANIFEST {
+        return Err("too large".into());
+    }
+    let bytes = std::fs::read(dir.join(&f.path)).map_err(|e| e.to_string())?;
+    let mut h = MultiHasher::new(None);
+    h.update(&bytes);
+    check_manifest(f, &h.finish())?;
+    Ok(bytes)
+}
+
+/// Checks a bundle file against the manifest (and metadata) without storing it.
+fn verify_file(dir: &Path, f: &BundleFile, exp: Option<&Expected>) -> Result<(), String> {
+    let file = std::fs::File::open(dir.join(&f.path)).map_err(|e| e.to_string())?;
+    let d = hash::hash_reader(file, exp.map(|e| e.checksum.algo))
+        .map_err(|e| e.to_string())?
+        .finish();
+    check_manifest(f, &d)?;
+    let path = RepoPath::parse_relative(&f.path).map_err(|e| e.to_string())?;
+    crate::fetch::check_expected(&path, exp, &d)
+}
+
+// ---------------------------------------------------------------- seeds
+
+/// Mounted bundles used as a read-only source: a file is looked up by the SHA-256 that
+/// metadata names and read from the disk (then verified and stored like bytes from anywhere
+/// else). Manifests are (re)read when a directory's manifest changes, at most every 30 s, so a
+/// disk mounted after the node started is found.
+pub struct Seeds {
+    dirs: Vec<PathBuf>,
+    site: SiteAuth,
+    state: Mutex<SeedState>,
+}
+
+#[derive(Default)]
+struct SeedState {
+    checked: Option<Instant>,
+    /// Manifest modification times the index was built from.
+    seen: Vec<Option<std::time::SystemTime>>,
+    by_sha256: HashMap<[u8; 32], (PathBuf, BundleFile)>,
+    snapshots: Vec<(PathBuf, BundleSnapshot)>,
+    by_path: HashMap<String, (PathBuf, BundleFile)>,
+}
+
+/// A file a seed holds.
+#[derive(Debug, Clone)]
+pub struct SeedFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub blake3: BlobId,
+}
+
+impl Seeds {
+    pub fn new(dirs: Vec<PathBuf>, site: SiteAuth) -> Seeds {
+        Seeds {
+            dirs,
+            site,
+            state: Mutex::new(SeedState::default()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    fn refresh(&self, st: &mut SeedState) {
+        if st
+            .checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        {
+            return;
+        }
+        st.checked = Some(Instant::now());
+        let seen: Vec<_> = self
+            .dirs
+            .iter()
+            .map(|d| {
+                std::fs::metadata(d.join(MANIFEST))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .collect();
+        if seen == st.seen {
+            return;
+        }
+        st.seen = seen;
+        st.by_sha256.clear();
+        st.by_path.clear();
+        st.snapshots.clear();
+        for d in &self.dirs {
+            match read_manifest(d, &self.site) {
+                Ok((m, origin)) => {
+                    tracing::info!(dir = %d.display(), files = m.files.len(), made_by = %origin.node_id,
+                        "seed directory in use as a read-only source");
+                    for f in m.files {
+                        if let Some(sha) =
+                            unhex(&f.sha256).and_then(|v| <[u8; 32]>::try_from(v).ok())
+                        {
+                            st.by_sha256.insert(sha, (d.clone(), f.clone()));
+                        }
+                        st.by_path.insert(f.path.clone(), (d.clone(), f));
+                    }
+                    st.snapshots
+                        .extend(m.snapshots.into_iter().map(|s| (d.clone(), s)));
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "seed directory not usable (not mounted yet?); checked again in 30 s");
+                }
+            }
+        }
+    }
+
+    /// The seed file holding content with this SHA-256, if any.
+    pub fn find(&self, sha256: &[u8]) -> Option<SeedFile> {
+        let key: [u8; 32] = sha256.try_into().ok()?;
+        let mut st = self.state.lock().ok()?;
+        self.refresh(&mut st);
+        let (dir, f) = st.by_sha256.get(&key)?;
+        Some(SeedFile {
+            path: dir.join(&f.path),
+            size: f.size,
+            blake3: hash::parse_blob_id(&f.blake3)?,
+        })
+    }
+
+    /// The newest snapshot a seed holds for `repo/tree`, with its repomd.xml and companions as
+    /// `(suffix, file)`.
+    pub fn snapshot(
+        &self,
+        repo: &str,
+        tree: &str,
+    ) -> Option<(BundleSnapshot, Vec<(String, SeedFile)>)> {
+        let mut st = self.state.lock().ok()?;
+        self.refresh(&mut st);
+        let (dir, s) = st
+            .snapshots
+            .iter()
+            .filter(|(_, s)| s.repo == repo && s.tree == tree)
+            .max_by_key(|(_, s)| (s.revision.parse::<u64>().unwrap_or(0), s.fetched_at))?;
+        let mut files = Vec::new();
+        for (suffix, path) in &s.files {
+            let (_, f) = st.by_path.get(path)?;
+            files.push((
+                suffix.clone(),
+                SeedFile {
+                    path: dir.join(&f.path),
+                    size: f.size,
+                    blake3: hash::parse_blob_id(&f.blake3)?,
+                },
+            ));
+        }
+        Some((s.clone(), files))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn have_lists_roundtrip_and_refuse_garbage() {
+        let mut shas = vec![[7u8; 32], [1u8; 32], [7u8; 32]];
+        shas[1][8] = 9;
+        let h = HaveList::new(
+            HaveHeader {
+                node_id: "n".into(),
+                created: 5,
+                snapshots: vec![("r".into(), "t/".into(), "42".into())],
+            },
+            shas,
+        );
+        assert_eq!(h.len(), 2);
+        assert!(h.contains(&[7u8; 32]) && h.contains(&[1u8; 32]));
+        assert!(!h.contains(&[2u8; 32]));
+        let b = h.encode();
+        assert_eq!(
+            b.len(),
+            HAVE_MAGIC.len() + 4 + 4 + 16 + serde_json::to_vec(&h.header).unwrap().len()
+        );
+        assert_eq!(HaveList::decode(&b).unwrap(), h);
+        assert!(HaveList::decode(b"nope").is_err());
+        assert!(HaveList::decode(&b[..b.len() - 1]).is_err());
+        let mut huge = HAVE_MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(HaveList::decode(&huge).is_err());
+        // 100 000 packages: 800 kB, an e-mail attachment.
+        let many = HaveList::new(
+            HaveHeader::default(),
+            (0..100_000u32).map(|i| {
+                let mut d = [0u8; 32];
+                d[..4].copy_from_slice(&i.to_be_bytes());
+                d
+            }),
+        );
+        assert!(many.encode().len() < 810_000);
+    }
+
+    #[test]
+    fn fat_names() {
+        assert_eq!(
+            fat_problem("almalinux/9/BaseOS/x86_64/os/Packages/a-1.0-1.el9.x86_64.rpm"),
+            None
+        );
+        assert_eq!(
+            fat_problem("epel/9/Everything/x86_64/Packages/c/c++-utils-1^git.rpm"),
+            None
+        );
+        assert!(fat_problem("r/a:b.rpm").is_some());
+        assert!(fat_problem("r/CON.txt").is_some());
+        assert!(fat_problem("r/com1").is_some());
+        assert!(fat_problem("r/dir./x").is_some());
+        assert!(fat_problem("r/x?.rpm").is_some());
+        assert_eq!(fat_problem("r/COMPUTE.rpm"), None);
+    }
+
+    #[test]
+    fn bundle_paths_stay_inside() {
+        assert!(bundle_path_ok("almalinux/9/BaseOS/Packages/a.rpm"));
+        for bad in [
+            "",
+            "a",
+            "/etc/passwd",
+            "../x/y",
+            "r/../../etc",
+            "r//x",
+            "r/./x",
+            "r/x/",
+            "a b/x",
+        ] {
+            assert!(!bundle_path_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unhex_is_strict() {
+        assert_eq!(unhex("00ff"), Some(vec![0, 255]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}

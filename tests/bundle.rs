@@ -1,0 +1,313 @@
+//! Sneakernet with the real binary, real dnf and real repositories: export from a node warmed by
+//! dnf, dnf straight from the bundle (`file://`), import into a node with no uplink, the
+//! have-list round trip, a damaged package, an altered manifest, and interrupted runs.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::node::{ProcOutput, node_bin, run_with_timeout};
+use common::*;
+
+/// `lanmirror <args>` against a node's config (the node must be stopped: the store is
+/// single-process).
+fn cli(node: &Node, args: &[&str]) -> ProcOutput {
+    let mut c = Command::new(node_bin());
+    c.arg(args[0])
+        .arg("--config")
+        .arg(node.config_path())
+        .args(&args[1..]);
+    run_with_timeout(c, Duration::from_secs(120))
+}
+
+fn export(node: &Node, to: &Path, extra: &[&str]) -> ProcOutput {
+    let to = to.to_string_lossy();
+    let mut args = vec!["export", "--to", &to];
+    args.extend_from_slice(extra);
+    cli(node, &args)
+}
+
+fn import(node: &Node, dir: &Path) -> ProcOutput {
+    cli(node, &["import", &dir.to_string_lossy()])
+}
+
+/// Total size of the regular files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            n += tree_bytes(&e.path());
+        } else {
+            n += m.len();
+        }
+    }
+    n
+}
+
+/// A node with no reachable upstream (its configured upstream is a closed port).
+fn offline_node() -> Node {
+    let dead = format!("http://127.0.0.1:{}/", free_port());
+    let mut o = NodeOpts::new(&dead);
+    o.connect_timeout_secs = 1;
+    o.retries = 0;
+    Node::start(o)
+}
+
+fn pkgs() -> Vec<PkgSpec<'static>> {
+    vec![
+        PkgSpec::new("ls-base", "1.0", 2 << 20),
+        PkgSpec::new("ls-app", "1.0", 1 << 20).requires("ls-base"),
+        PkgSpec::new("ls-doc", "1.0", 500_000),
+    ]
+}
+
+/// The walk-through of the README: export at the connected site, dnf from the disk directly,
+/// import at the offline site, a fresh client there; then the next trip carries only what is
+/// new, by the offline site's have-list.
+#[test]
+fn carry_a_site_on_a_disk_and_then_only_what_it_lacks() {
+    let dir = temp();
+    let mut repo = RpmRepo::create(&dir.path().join("mirror"), &pkgs());
+    let up = Upstream::start(repo.dir());
+    let mut a = Node::start(NodeOpts::new(&up.url()));
+    Dnf::new(&dir.path().join("c1"), &a.repo_url("test"))
+        .install(&["ls-app", "ls-doc"])
+        .assert_success();
+
+    a.stop();
+    let disk = dir.path().join("usb");
+    let out = export(&a, &disk, &[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("3 files") || out.stdout.contains("files"),
+        "{}",
+        out.stdout
+    );
+    assert!(disk.join("lanmirror-bundle.json").exists());
+    assert!(disk.join("test/repodata/repomd.xml").exists());
+    let first_bytes = tree_bytes(&disk);
+
+    // dnf straight from the disk, no lanmirror involved.
+    let from_disk = Dnf::new(
+        &dir.path().join("c2"),
+        &format!("file://{}/test/", disk.display()),
+    );
+    from_disk.install(&["ls-app"]).assert_success();
+    assert_eq!(from_disk.payload_size("ls-base"), Some(2 << 20));
+
+    // The offline site imports it and serves a fresh client.
+    let mut b = offline_node();
+    b.stop();
+    let out = import(&b, &disk);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("made by node"), "{}", out.stdout);
+    assert!(out.stdout.contains("now at revision"), "{}", out.stdout);
+    b.start_again();
+    let c3 = Dnf::new(&dir.path().join("c3"), &b.repo_url("test"));
+    c3.install(&["ls-app", "ls-doc"]).assert_success();
+    assert_eq!(c3.payload_size("ls-app"), Some(1 << 20));
+
+    // Next trip: the offline site's have-list goes to the connected site by e-mail.
+    b.stop();
+    let have = dir.path().join("site-b.have");
+    let out = cli(&b, &["have", "--out", &have.to_string_lossy()]);
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        std::fs::metadata(&have).unwrap().len() < 1024,
+        "a have-list of a few files is tiny"
+    );
+    // Upstream publishes one more package; the connected site gets it.
+    repo.add(&PkgSpec::new("ls-new", "1.0", 100_000));
+    a.start_again();
+    std::thread::sleep(Duration::from_millis(2200)); // past the freshness window
+    Dnf::new(&dir.path().join("c4"), &a.repo_url("test"))
+        .install(&["ls-new"])
+        .assert_success();
+    a.stop();
+    let disk2 = dir.path().join("usb2");
+    let out = export(&a, &disk2, &["--have", &have.to_string_lossy()]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let second_bytes = tree_bytes(&disk2);
+    assert!(
+        second_bytes * 10 < first_bytes,
+        "second bundle {second_bytes} bytes is not under 10% of the first {first_bytes}"
+    );
+    assert!(!disk2.join(repo.package("ls-base").rel_path).exists());
+    let out = import(&b, &disk2);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    b.start_again();
+    let c5 = Dnf::new(&dir.path().join("c5"), &b.repo_url("test"));
+    c5.install(&["ls-new", "ls-app"]).assert_success();
+}
+
+/// One byte changed in one package of a correctly signed bundle: import names that package,
+/// stores the rest, exits non-zero, and the bad bytes are never served.
+#[test]
+fn a_damaged_package_is_named_and_never_served() {
+    let site = Site::new(&pkgs());
+    for p in site.repo.packages() {
+        site.node.assert_serves(&p);
+    }
+    let Site {
+        repo,
+        up: _up,
+        mut node,
+        dir,
+    } = site;
+    node.stop();
+    let disk = dir.path().join("usb");
+    assert!(export(&node, &disk, &[]).success);
+    let bad = repo.package("ls-app");
+    let f = disk.join("test").join(&bad.rel_path);
+    let mut bytes = std::fs::read(&f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+
+    let mut b = offline_node();
+    b.stop();
+    let out = import(&b, &disk);
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    let named: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("BAD"))
+        .collect();
+    assert_eq!(named.len(), 1, "{}", out.stdout);
+    assert!(named[0].contains(&bad.file_name), "{}", out.stdout);
+    b.start_again();
+    assert_ne!(b.get(&format!("/test/{}", bad.rel_path)).status, 200);
+    b.assert_serves(&repo.package("ls-base"));
+    b.assert_serves(&repo.package("ls-doc"));
+}
+
+/// A manifest edited after export (here: a package's listed checksum swapped for the damaged
+/// file's) is refused as a whole, before anything is stored.
+#[test]
+fn an_altered_manifest_is_refused() {
+    let site = Site::new(&pkgs());
+    for p in site.repo.packages() {
+        site.node.assert_serves(&p);
+    }
+    let Site {
+        repo,
+        up: _up,
+        mut node,
+        dir,
+    } = site;
+    node.stop();
+    let disk = dir.path().join("usb");
+    assert!(export(&node, &disk, &[]).success);
+    let m = disk.join("lanmirror-bundle.json");
+    let text = std::fs::read_to_string(&m).unwrap();
+    let sha = &repo.package("ls-doc").sha256_hex;
+    assert!(text.contains(sha.as_str()));
+    std::fs::write(&m, text.replace(sha.as_str(), &"0".repeat(64))).unwrap();
+    let mut b = offline_node();
+    b.stop();
+    let out = import(&b, &disk);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("altered"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        b.blob_files().len(),
+        0,
+        "nothing stored from a refused bundle"
+    );
+    // A bundle signed by another node (a forged signature file) is refused the same way.
+    let sig = disk.join("lanmirror-bundle.sig");
+    std::fs::write(&m, text).unwrap();
+    let s = std::fs::read_to_string(&sig).unwrap();
+    let forged = s.replacen(|c: char| c.is_ascii_hexdigit(), "f", 1);
+    let forged = if forged == s {
+        s.replacen('f', "0", 1)
+    } else {
+        forged
+    };
+    std::fs::write(&sig, forged).unwrap();
+    assert!(!import(&b, &disk).success);
+}
+
+/// An export cut off mid-way (no manifest yet, one file half-written, one missing) finishes on
+/// the second run, reusing what was done; an import cut off (the disk was pulled: only some files
+/// were there) finishes on the second run with the whole disk.
+#[test]
+fn interrupted_export_and_import_finish_on_a_second_run() {
+    let site = Site::new(&pkgs());
+    for p in site.repo.packages() {
+        site.node.assert_serves(&p);
+    }
+    let Site {
+        repo,
+        up: _up,
+        mut node,
+        dir,
+    } = site;
+    node.stop();
+    let disk = dir.path().join("usb");
+    assert!(export(&node, &disk, &[]).success);
+    // The state a killed export leaves: files renamed so far, one in its .part, no manifest.
+    std::fs::remove_file(disk.join("lanmirror-bundle.json")).unwrap();
+    std::fs::remove_file(disk.join("lanmirror-bundle.sig")).unwrap();
+    let base = disk.join("test").join(repo.package("ls-base").rel_path);
+    let half = std::fs::read(&base).unwrap();
+    std::fs::remove_file(&base).unwrap();
+    let mut part = base.clone().into_os_string();
+    part.push(".part");
+    std::fs::write(&part, &half[..half.len() / 2]).unwrap();
+    std::fs::remove_file(disk.join("test").join(repo.package("ls-doc").rel_path)).unwrap();
+    // A file of the right size but wrong bytes is not taken as done.
+    let app = disk.join("test").join(repo.package("ls-app").rel_path);
+    let mut b = std::fs::read(&app).unwrap();
+    b[10] ^= 0xff;
+    std::fs::write(&app, &b).unwrap();
+
+    let out = export(&node, &disk, &[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("already there"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("(0 already there"),
+        "nothing was reused: {}",
+        out.stdout
+    );
+    for p in repo.packages() {
+        let got = std::fs::read(disk.join("test").join(&p.rel_path)).unwrap();
+        assert_eq!(sha256_hex(&got), p.sha256_hex, "{}", p.name);
+    }
+
+    // Import, first with half the disk (the rest "not copied yet"), then the whole disk.
+    let partial = dir.path().join("partial");
+    copy_tree(&disk, &partial);
+    let gone = partial.join("test").join(repo.package("ls-base").rel_path);
+    std::fs::remove_file(&gone).unwrap();
+    let mut off = offline_node();
+    off.stop();
+    let out = import(&off, &partial);
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    assert!(out.stdout.contains("MISSING"), "{}", out.stdout);
+    let out = import(&off, &disk);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("already held"), "{}", out.stdout);
+    off.start_again();
+    let c = Dnf::new(&dir.path().join("c"), &off.repo_url("test"));
+    c.install(&["ls-app", "ls-doc"]).assert_success();
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.metadata().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
