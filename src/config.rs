@@ -46,6 +46,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub quic: QuicConfig,
+    #[serde(default)]
+    pub seed: SeedConfig,
     #[serde(default, rename = "repo")]
     pub repos: Vec<RepoConfig>,
 }
@@ -77,6 +79,16 @@ impl Default for NodeConfig {
             site_key_file: None,
         }
     }
+}
+
+/// Mounted sneakernet bundles used as a read-only source.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    /// Bundle directories (made by `lanmirror export`), e.g. `["/media/usb"]`. Files are found
+    /// by checksum, verified, and stored; a directory not mounted yet is checked every 30 s.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
 }
 
 /// QUIC transport knobs for network drivers and links that misbehave.

@@ -26,9 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::bundle::{SeedFile, Seeds};
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
-use crate::peer::{ContentRef, Peer, PeerError, Peers};
+use crate::peer::{ContentRef, Peer, Peers};
+use crate::repodata::ChecksumAlgo;
 use crate::stats::Stats;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
@@ -71,8 +73,8 @@ pub struct Done {
     pub generation: u32,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
-    /// The bytes came from a peer rather than upstream.
-    pub from_peer: bool,
+    /// Where the bytes came from: "upstream", "the site" or "a seed directory".
+    pub from: &'static str,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -158,26 +160,46 @@ pub enum Step {
     Holder,
     /// The item's fetcher at the site (when it is not this node).
     Fetcher,
+    /// A mounted bundle (`[seed] dirs`) holding the checksum.
+    Seed,
     Upstream,
 }
 
 /// Where to look for an item, in order. `site`: peers may be asked (false for requests that
-/// came from a peer, and for files that change in place). Peers are asked only for files that
-/// never change once published and whose checksum this node's metadata names: bytes from a
-/// peer must be checked against something the peer did not say (invariant 1).
-pub fn plan(site: bool, has_checksum: bool, immutable: bool) -> Vec<Step> {
-    if site && immutable && has_checksum {
-        vec![Step::Holder, Step::Fetcher, Step::Upstream]
-    } else {
-        vec![Step::Upstream]
+/// came from a peer, and for files that change in place). Peers and seed directories are used
+/// only for files that never change once published and whose checksum this node's metadata
+/// names: their bytes must be checked against something they did not say (invariant 1). A
+/// seed (a local disk) comes first.
+pub fn plan(site: bool, has_checksum: bool, immutable: bool, seeds: bool) -> Vec<Step> {
+    let mut v = Vec::new();
+    if immutable && has_checksum {
+        if seeds {
+            v.push(Step::Seed);
+        }
+        if site {
+            v.extend([Step::Holder, Step::Fetcher]);
+        }
     }
+    v.push(Step::Upstream);
+    v
 }
 
 /// A source chosen for a transfer.
 enum Source {
     Holder(Peer),
     Fetcher(Peer),
+    Seed(SeedFile),
     Upstream,
+}
+
+impl Source {
+    fn kind(&self) -> &'static str {
+        match self {
+            Source::Holder(_) | Source::Fetcher(_) => "the site",
+            Source::Seed(_) => "a seed directory",
+            Source::Upstream => "upstream",
+        }
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -185,9 +207,34 @@ impl std::fmt::Display for Source {
         match self {
             Source::Holder(p) => write!(f, "peer {} (holder)", p.id),
             Source::Fetcher(p) => write!(f, "peer {} (the site's fetcher)", p.id),
+            Source::Seed(s) => write!(f, "seed file {}", s.path.display()),
             Source::Upstream => f.write_str("upstream"),
         }
     }
+}
+
+/// A local file's bytes from `from` on, in [`READ_CHUNK`] pieces.
+async fn read_file(path: &std::path::Path, from: u64) -> Result<upstream::ByteStream, String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.seek(io::SeekFrom::Start(from))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = futures_util::stream::unfold(Some(f), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e.to_string()), None)),
+        }
+    });
+    Ok(Box::pin(stream))
 }
 
 /// Whether finished bytes are what metadata says (size and checksum); the reason if not.
@@ -285,6 +332,7 @@ pub struct Fetcher {
     store: Store,
     upstream: Arc<Upstream>,
     peers: Option<Arc<Peers>>,
+    seeds: Option<Arc<Seeds>>,
     stats: Arc<Stats>,
     retries: u32,
     inflight: Mutex<HashMap<String, Arc<Transfer>>>,
@@ -295,6 +343,7 @@ impl Fetcher {
         store: Store,
         upstream: Arc<Upstream>,
         peers: Option<Arc<Peers>>,
+        seeds: Option<Arc<Seeds>>,
         stats: Arc<Stats>,
         retries: u32,
     ) -> Arc<Self> {
@@ -302,6 +351,7 @@ impl Fetcher {
             store,
             upstream,
             peers,
+            seeds: seeds.filter(|s| !s.is_empty()),
             stats,
             retries,
             inflight: Mutex::new(HashMap::new()),
@@ -314,6 +364,10 @@ impl Fetcher {
 
     pub fn peers(&self) -> Option<&Arc<Peers>> {
         self.peers.as_ref()
+    }
+
+    pub fn seeds(&self) -> Option<&Arc<Seeds>> {
+        self.seeds.as_ref()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -356,7 +410,7 @@ impl Fetcher {
             let phase = match result {
                 Ok(Finished::Stored(d)) => {
                     let secs = started.elapsed().as_secs_f64();
-                    let from = if d.from_peer { "the site" } else { "upstream" };
+                    let from = d.from;
                     tracing::info!(repo = %item.repo, path = %item.path, bytes = d.size,
                         secs = format!("{secs:.2}"),
                         mib_per_sec = format!("{:.1}", d.size as f64 / 1048576.0 / secs.max(1e-6)),
@@ -462,6 +516,7 @@ impl Fetcher {
             item.site && self.peers.is_some(),
             item.expected.is_some(),
             item.path.kind() == PathKind::Immutable,
+            self.seeds.is_some(),
         )
         .into_iter();
         let mut source = self.next_source(item, &mut steps).await;
@@ -475,14 +530,13 @@ impl Fetcher {
             };
             let opened = match &source {
                 Source::Upstream => self.upstream.open(&item.repo, &item.path, &ask).await,
-                peer_source => match self.open_peer(item, peer_source, p.written).await {
+                other => match self.open_other(item, other, p.written).await {
                     Ok(b) => Ok(Opened::Body(b)),
                     Err(e) => {
-                        // Any peer failure: on to the next source, keeping content-addressed bytes.
-                        if let Some((peers, peer)) = self.peer_of(&source) {
-                            peers.note_failure(peer, &e.to_string());
-                        }
-                        tracing::info!(repo = %item.repo, path = %item.path, source = %source, error = %e, "peer could not supply the file; trying the next source");
+                        // Any failure but upstream's: on to the next source, keeping
+                        // content-addressed bytes.
+                        self.blame(&source, &e, false);
+                        tracing::info!(repo = %item.repo, path = %item.path, source = %source, error = %e, "could not get the file there; trying the next source");
                         if item.expected.is_none() && p.written > 0 {
                             p.start_over(first_total.is_some()).await.map_err(io_err)?;
                         }
@@ -532,8 +586,12 @@ impl Fetcher {
             if let (Some(w), Some(t)) = (want_size, body.total)
                 && w != t
             {
-                if let Some((peers, peer)) = self.peer_of(&source) {
-                    peers.put_aside(peer, &format!("announced {t} bytes, metadata says {w}"));
+                if !matches!(source, Source::Upstream) {
+                    self.blame(
+                        &source,
+                        &format!("announced {t} bytes, metadata says {w}"),
+                        true,
+                    );
                     source = self.next_source(item, &mut steps).await;
                     continue;
                 }
@@ -571,8 +629,8 @@ impl Fetcher {
                 if p.written == 0
                     && let Err(bad) = upstream::check_first_bytes(&item.path, &chunk)
                 {
-                    if let Some((peers, peer)) = self.peer_of(&source) {
-                        peers.put_aside(peer, "sent something that is not the named file");
+                    if !matches!(source, Source::Upstream) {
+                        self.blame(&source, &"sent something that is not the named file", true);
                         broke = Some("bad start".into());
                         break;
                     }
@@ -604,8 +662,12 @@ impl Fetcher {
                 if let Some(t) = total
                     && p.written + chunk.len() as u64 > t
                 {
-                    if let Some((peers, peer)) = self.peer_of(&source) {
-                        peers.put_aside(peer, &format!("sent more than the {t} bytes expected"));
+                    if !matches!(source, Source::Upstream) {
+                        self.blame(
+                            &source,
+                            &format!("sent more than the {t} bytes expected"),
+                            true,
+                        );
                         broke = Some("too long".into());
                         p.start_over(true).await.map_err(io_err)?;
                         break;
@@ -648,11 +710,11 @@ impl Fetcher {
                 broke = Some(format!("body ended after {} of {t} bytes", p.written));
             }
             if let Some(why) = broke {
-                if let Some((peers, peer)) = self.peer_of(&source) {
-                    // A peer that broke off: the next source continues where it stopped
-                    // (the bytes are checked against the checksum at the end).
-                    peers.note_failure(peer, &why);
-                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, reason = %why, "peer transfer broke off; trying the next source");
+                if !matches!(source, Source::Upstream) {
+                    // A peer or seed that broke off: the next source continues where it
+                    // stopped (the bytes are checked against the checksum at the end).
+                    self.blame(&source, &why, false);
+                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, reason = %why, "transfer broke off; trying the next source");
                     if item.expected.is_none() {
                         p.start_over(first_total.is_some()).await.map_err(io_err)?;
                     }
@@ -690,7 +752,7 @@ impl Fetcher {
             let digests = p.hasher.clone_finish();
             match check_expected(&item.path, item.expected.as_ref(), &digests) {
                 Ok(()) => {
-                    if self.peer_of(&source).is_some() {
+                    if self.is_peer(&source) {
                         Stats::inc(&self.stats.from_peers);
                         tracing::debug!(repo = %item.repo, path = %item.path, source = %source, "verified bytes from the site");
                     }
@@ -698,10 +760,10 @@ impl Fetcher {
                 }
                 Err(what) => {
                     Stats::inc(&self.stats.verify_failures);
-                    if let Some((peers, peer)) = self.peer_of(&source) {
-                        // Bad bytes from a peer: put it aside and start over from the next
-                        // source; readers that already sent some of them are cut.
-                        peers.put_aside(peer, &what);
+                    if !matches!(source, Source::Upstream) {
+                        // Bad bytes from a peer or seed: leave it aside and start over from
+                        // the next source; readers that already sent some of them are cut.
+                        self.blame(&source, &what, true);
                         p.start_over(true).await.map_err(io_err)?;
                         source = self.next_source(item, &mut steps).await;
                         continue;
@@ -744,62 +806,77 @@ impl Fetcher {
             generation,
             etag,
             last_modified,
-            from_peer: self.peer_of(&source).is_some(),
+            from: source.kind(),
         }))
     }
 
     /// The next source of the plan that can be used now (upstream at the latest).
     async fn next_source(&self, item: &Item, steps: &mut std::vec::IntoIter<Step>) -> Source {
-        let Some(peers) = &self.peers else {
-            return Source::Upstream;
-        };
+        let sum = item.expected.as_ref().map(|e| &e.checksum);
         for step in steps.by_ref() {
-            match step {
-                Step::Holder => {
-                    if let Some(e) = &item.expected
-                        && let Some(p) = peers.holder(&ContentRef::Sum(e.checksum.clone())).await
-                    {
+            match (step, &self.peers, &self.seeds, sum) {
+                (Step::Seed, _, Some(seeds), Some(c)) if c.algo == ChecksumAlgo::Sha256 => {
+                    if let Some(f) = seeds.find(&c.digest) {
+                        return Source::Seed(f);
+                    }
+                }
+                (Step::Holder, Some(peers), _, Some(c)) => {
+                    if let Some(p) = peers.holder(&ContentRef::Sum(c.clone())).await {
                         return Source::Holder(p);
                     }
                 }
-                Step::Fetcher => {
+                (Step::Fetcher, Some(peers), _, _) => {
                     if let Some(p) = peers.fetcher_for(&item.key()) {
                         return Source::Fetcher(p);
                     }
                 }
-                Step::Upstream => return Source::Upstream,
+                (Step::Upstream, ..) => return Source::Upstream,
+                _ => {}
             }
         }
         Source::Upstream
     }
 
-    fn peer_of<'a>(&'a self, s: &'a Source) -> Option<(&'a Peers, &'a Peer)> {
-        match s {
-            Source::Holder(p) | Source::Fetcher(p) => Some((self.peers.as_deref()?, p)),
-            Source::Upstream => None,
+    /// A source other than upstream failed: a transport failure is noted; bad bytes (`bad`)
+    /// put a peer aside, and are logged for a seed (its disk is damaged).
+    fn blame(&self, s: &Source, why: &dyn std::fmt::Display, bad: bool) {
+        match (s, &self.peers) {
+            (Source::Holder(p) | Source::Fetcher(p), Some(peers)) if bad => {
+                peers.put_aside(p, &why.to_string())
+            }
+            (Source::Holder(p) | Source::Fetcher(p), Some(peers)) => {
+                peers.note_failure(p, &why.to_string())
+            }
+            (Source::Seed(f), _) if bad => {
+                Stats::inc(&self.stats.verify_failures);
+                tracing::warn!(file = %f.path.display(), reason = %why, "a seed directory file failed verification (damaged disk?); not used");
+            }
+            _ => {}
         }
     }
 
-    async fn open_peer(
+    fn is_peer(&self, s: &Source) -> bool {
+        matches!(s, Source::Holder(_) | Source::Fetcher(_))
+    }
+
+    /// Opens a source other than upstream from byte `from`.
+    async fn open_other(
         &self,
         item: &Item,
         source: &Source,
         from: u64,
-    ) -> Result<Box<upstream::Body>, PeerError> {
-        let (peers, body) = match (source, &self.peers) {
-            (Source::Holder(p), Some(peers)) => {
-                let e = item
-                    .expected
-                    .as_ref()
-                    .map(|e| ContentRef::Sum(e.checksum.clone()));
-                let Some(r) = e else {
-                    return Err(PeerError::NotFound(p.id.to_string()));
-                };
-                (peers, peers.get(p, &r, from).await?)
+    ) -> Result<Box<upstream::Body>, String> {
+        let sum = item
+            .expected
+            .as_ref()
+            .map(|e| ContentRef::Sum(e.checksum.clone()));
+        let (stream, total) = match (source, &self.peers, sum) {
+            (Source::Holder(p), Some(peers), Some(r)) => {
+                let b = peers.get(p, &r, from).await.map_err(|e| e.to_string())?;
+                (b.stream, b.total)
             }
-            (Source::Fetcher(p), Some(peers)) => (
-                peers,
-                peers
+            (Source::Fetcher(p), Some(peers), _) => {
+                let b = peers
                     .fetch(
                         p,
                         &item.repo,
@@ -807,15 +884,17 @@ impl Fetcher {
                         item.expected.as_ref(),
                         from,
                     )
-                    .await?,
-            ),
-            _ => return Err(PeerError::NotFound("no peer".into())),
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (b.stream, b.total)
+            }
+            (Source::Seed(f), ..) => (read_file(&f.path, from).await?, Some(f.size)),
+            _ => return Err("no such source".into()),
         };
-        let _ = peers;
         Ok(Box::new(upstream::Body {
-            stream: body.stream,
+            stream,
             resumed: true,
-            total: body.total,
+            total,
             etag: None,
             last_modified: None,
             url: source.to_string(),
@@ -989,18 +1068,26 @@ use std::io::Read as _;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repodata::{Checksum, ChecksumAlgo};
+    use crate::repodata::Checksum;
 
     #[test]
     fn peers_are_asked_only_for_checksummed_immutable_files() {
         use Step::*;
-        assert_eq!(plan(true, true, true), vec![Holder, Fetcher, Upstream]);
+        assert_eq!(
+            plan(true, true, true, false),
+            vec![Holder, Fetcher, Upstream]
+        );
         // No checksum of our own to verify peer bytes against: upstream only.
-        assert_eq!(plan(true, false, true), vec![Upstream]);
+        assert_eq!(plan(true, false, true, true), vec![Upstream]);
         // Files that change in place are each node's own business.
-        assert_eq!(plan(true, true, false), vec![Upstream]);
-        // A request that came from a peer is never forwarded.
-        assert_eq!(plan(false, true, true), vec![Upstream]);
+        assert_eq!(plan(true, true, false, true), vec![Upstream]);
+        // A request that came from a peer is never forwarded (a local seed still helps).
+        assert_eq!(plan(false, true, true, false), vec![Upstream]);
+        assert_eq!(plan(false, true, true, true), vec![Seed, Upstream]);
+        assert_eq!(
+            plan(true, true, true, true),
+            vec![Seed, Holder, Fetcher, Upstream]
+        );
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     store.clone(),
                     std::sync::Arc::new(upstream),
                     None,
+                    None,
                     stats.clone(),
                     cfg.upstream.retries,
                 );

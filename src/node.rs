@@ -73,10 +73,15 @@ impl Node {
             .map_err(|source| NodeError::Listen { addr, source })?;
         let http_port = http.local_addr().map_or(addr.port(), |a| a.port());
         let peers = Peers::open(&cfg, http_port, mdns, stats.clone())?;
+        let seeds = Arc::new(crate::bundle::Seeds::new(
+            cfg.seed.dirs.clone(),
+            peers.site.clone(),
+        ));
         let fetcher = Fetcher::new(
             store.clone(),
             Arc::new(upstream),
             Some(peers.clone()),
+            Some(seeds),
             stats.clone(),
             cfg.upstream.retries,
         );

@@ -235,8 +235,13 @@ impl Snapshots {
             return snap.ok_or_else(|| SnapshotError::Store("snapshot vanished".into()));
         }
         let site_up = site && self.fetcher.peers().is_some_and(|p| !p.live().is_empty());
+        let seeded = || {
+            self.fetcher
+                .seeds()
+                .is_some_and(|s| s.snapshot(repo, tree).is_some())
+        };
         if self.recent_failure(&key).is_none()
-            && (site_up || !self.fetcher.upstream().is_offline(repo))
+            && (site_up || !self.fetcher.upstream().is_offline(repo) || seeded())
         {
             let lock = self.tree_lock(&key)?;
             // The refresh runs as a task of its own holding the tree's lock: a client that goes
@@ -369,7 +374,14 @@ impl Snapshots {
         let key = format!("{repo}/{tree}");
         let got = match self.ask_site(repo, tree, current.as_ref(), site).await {
             Some(g) => g,
-            None => self.ask_upstream(repo, tree, current.as_ref()).await?,
+            None => match self.ask_upstream(repo, tree, current.as_ref()).await {
+                Ok(g) => g,
+                // No upstream: a mounted bundle may carry newer metadata.
+                Err(e) => match self.ask_seed(repo, tree, current.as_ref()).await {
+                    Some(g) => g,
+                    None => return Err(e),
+                },
+            },
         };
         match got {
             Obtained::Same {
@@ -686,6 +698,59 @@ impl Snapshots {
             peers.put_aside(peer, "metadata file does not match its BLAKE3");
             return Err("metadata file from peer failed verification".into());
         }
+        self.store_small(bytes).await
+    }
+
+    /// The tree's snapshot from a mounted bundle (`[seed] dirs`), when upstream cannot be
+    /// asked and the bundle's is newer than ours. Its files are checked against the bundle's
+    /// manifest here, and everything it names against it when switched in.
+    async fn ask_seed(
+        &self,
+        repo: &str,
+        tree: &str,
+        current: Option<&Snapshot>,
+    ) -> Option<Obtained> {
+        let seeds = self.fetcher.seeds()?;
+        let (bs, files) = seeds.snapshot(repo, tree)?;
+        let (_, main) = files.iter().find(|(x, _)| x.is_empty())?;
+        let checked_at = bs.checked_at.min(now_secs());
+        if let Some(cur) = current {
+            if cur.repomd == hash::hex(&main.blake3) {
+                return Some(Obtained::Same {
+                    validators: None,
+                    checked_at,
+                });
+            }
+            if !peer_is_newer(&cur.revision, cur.fetched_at, &bs.revision, bs.fetched_at) {
+                return None;
+            }
+        }
+        let mut companions = Vec::new();
+        for (suffix, f) in &files {
+            let bytes = match tokio::fs::read(&f.path).await {
+                Ok(b) if f.size <= MAX_REPOMD && blake3::hash(&b).as_bytes() == &f.blake3 => b,
+                _ => Vec::new(),
+            };
+            if bytes.is_empty() || self.store_small(bytes).await.is_err() {
+                tracing::warn!(file = %f.path.display(), "seed metadata file unreadable or damaged; not used");
+                return None;
+            }
+            if !suffix.is_empty() {
+                companions.push((suffix.clone(), hash::hex(&f.blake3)));
+            }
+        }
+        tracing::info!(repo, tree, revision = %bs.revision, "taking metadata from a seed directory (upstream unreachable)");
+        Some(Obtained::New(NewSnapshot {
+            repomd: main.blake3,
+            companions,
+            etag: None,
+            last_modified: None,
+            checked_at,
+        }))
+    }
+
+    /// Stores a small file (metadata) as a blob.
+    async fn store_small(&self, bytes: Vec<u8>) -> Result<(), String> {
         let store = self.store.clone();
         let d = tokio::task::spawn_blocking(move || store.write_blob_bytes(&bytes, None))
             .await

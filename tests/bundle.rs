@@ -311,3 +311,59 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A mounted bundle configured as a seed directory serves a site with no uplink without any
+/// import: metadata and packages come off the disk, verified; a damaged file on it is refused.
+#[test]
+fn a_mounted_bundle_serves_a_site_without_import() {
+    let site = Site::new(&pkgs());
+    for p in site.repo.packages() {
+        site.node.assert_serves(&p);
+    }
+    let Site {
+        repo,
+        up: _up,
+        mut node,
+        dir,
+    } = site;
+    node.stop();
+    let disk = dir.path().join("usb");
+    assert!(export(&node, &disk, &[]).success);
+    let bad = repo.package("ls-doc");
+    let f = disk.join("test").join(&bad.rel_path);
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+
+    let dead = format!("http://127.0.0.1:{}/", free_port());
+    let mut o = NodeOpts::new(&dead);
+    o.connect_timeout_secs = 1;
+    o.retries = 0;
+    o.extra_toml = format!("[seed]\ndirs = [\"{}\"]\n", disk.display());
+    let seeded = Node::start(o);
+    let c = Dnf::new(&dir.path().join("c"), &seeded.repo_url("test"));
+    c.install(&["ls-app"]).assert_success();
+    assert_eq!(c.payload_size("ls-base"), Some(2 << 20));
+    assert!(
+        seeded.log().contains("fetched from a seed directory"),
+        "{}",
+        seeded.log_tail(30)
+    );
+    // The damaged file is never served: refused on read, and there is no other source.
+    let r = seeded.get(&format!("/test/{}", bad.rel_path));
+    assert!(
+        r.status != 200 || sha256_hex(&r.body) == bad.sha256_hex,
+        "damaged seed bytes were served"
+    );
+    assert_ne!(sha256_hex(&r.body), bad.sha256_hex);
+    assert!(
+        seeded
+            .log()
+            .contains("seed directory file failed verification"),
+        "{}",
+        seeded.log_tail(30)
+    );
+    // What was good is stored now: served even with the disk gone.
+    std::fs::remove_dir_all(disk.join("test/Packages")).unwrap();
+    seeded.assert_serves(&repo.package("ls-base"));
+}
