@@ -104,6 +104,7 @@ fn carry_a_site_on_a_disk_and_then_only_what_it_lacks() {
     let out = import(&b, &disk);
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("made by node"), "{}", out.stdout);
+    assert!(out.stderr.contains("import: "), "{}", out.stderr);
     assert!(out.stdout.contains("now at revision"), "{}", out.stdout);
     b.start_again();
     let c3 = Dnf::new(&dir.path().join("c3"), &b.repo_url("test"));

@@ -518,3 +518,35 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
     assert_eq!(up.requests().len(), 0, "nothing reached upstream");
     assert_eq!(node.get("/api/status").status, 200, "node still up");
 }
+
+/// Nodes of another site (another `[node] site` name) do not mix, even when one lists the
+/// other as a static peer: both sides refuse, and say why.
+#[test]
+fn nodes_of_another_site_do_not_mix() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lo-a", "1.0", 100_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let site = LoopSite::start(2, &up, |i, o| {
+        o.site = Some(if i == 0 { "school" } else { "clinic" }.into());
+    });
+    let ok = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        site.nodes.iter().all(|n| stat(n, "peers_refused") >= 1)
+    });
+    assert!(
+        ok,
+        "{}\n{}",
+        site.nodes[0].status_json(),
+        site.nodes[1].status_json()
+    );
+    for n in &site.nodes {
+        assert_eq!(healthy_peers(n), 0, "{}", n.status_json());
+        assert!(n.log().contains("another site"), "{}", n.log_tail(20));
+    }
+    assert_ne!(
+        site.nodes[0].status_json()["site_id"],
+        site.nodes[1].status_json()["site_id"]
+    );
+}
