@@ -56,6 +56,25 @@ fn offline_node() -> Node {
     Node::start(o)
 }
 
+/// A node that served every package of [`pkgs`], stopped, and its export in `<dir>/usb`.
+fn exported_site() -> (RpmRepo, Node, tempfile::TempDir, std::path::PathBuf) {
+    let site = Site::new(&pkgs());
+    for p in site.repo.packages() {
+        site.node.assert_serves(&p);
+    }
+    let Site {
+        repo,
+        up: _up,
+        mut node,
+        dir,
+    } = site;
+    node.stop();
+    let disk = dir.path().join("usb");
+    let out = export(&node, &disk, &[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    (repo, node, dir, disk)
+}
+
 fn pkgs() -> Vec<PkgSpec<'static>> {
     vec![
         PkgSpec::new("ls-base", "1.0", 2 << 20),
@@ -148,19 +167,7 @@ fn carry_a_site_on_a_disk_and_then_only_what_it_lacks() {
 /// stores the rest, exits non-zero, and the bad bytes are never served.
 #[test]
 fn a_damaged_package_is_named_and_never_served() {
-    let site = Site::new(&pkgs());
-    for p in site.repo.packages() {
-        site.node.assert_serves(&p);
-    }
-    let Site {
-        repo,
-        up: _up,
-        mut node,
-        dir,
-    } = site;
-    node.stop();
-    let disk = dir.path().join("usb");
-    assert!(export(&node, &disk, &[]).success);
+    let (repo, _node, _dir, disk) = exported_site();
     let bad = repo.package("ls-app");
     let f = disk.join("test").join(&bad.rel_path);
     let mut bytes = std::fs::read(&f).unwrap();
@@ -189,19 +196,7 @@ fn a_damaged_package_is_named_and_never_served() {
 /// file's) is refused as a whole, before anything is stored.
 #[test]
 fn an_altered_manifest_is_refused() {
-    let site = Site::new(&pkgs());
-    for p in site.repo.packages() {
-        site.node.assert_serves(&p);
-    }
-    let Site {
-        repo,
-        up: _up,
-        mut node,
-        dir,
-    } = site;
-    node.stop();
-    let disk = dir.path().join("usb");
-    assert!(export(&node, &disk, &[]).success);
+    let (repo, _node, _dir, disk) = exported_site();
     let m = disk.join("lanmirror-bundle.json");
     let text = std::fs::read_to_string(&m).unwrap();
     let sha = &repo.package("ls-doc").sha256_hex;
@@ -241,19 +236,7 @@ fn an_altered_manifest_is_refused() {
 /// were there) finishes on the second run with the whole disk.
 #[test]
 fn interrupted_export_and_import_finish_on_a_second_run() {
-    let site = Site::new(&pkgs());
-    for p in site.repo.packages() {
-        site.node.assert_serves(&p);
-    }
-    let Site {
-        repo,
-        up: _up,
-        mut node,
-        dir,
-    } = site;
-    node.stop();
-    let disk = dir.path().join("usb");
-    assert!(export(&node, &disk, &[]).success);
+    let (repo, node, dir, disk) = exported_site();
     // The state a killed export leaves: files renamed so far, one in its .part, no manifest.
     std::fs::remove_file(disk.join("lanmirror-bundle.json")).unwrap();
     std::fs::remove_file(disk.join("lanmirror-bundle.sig")).unwrap();
@@ -317,19 +300,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// import: metadata and packages come off the disk, verified; a damaged file on it is refused.
 #[test]
 fn a_mounted_bundle_serves_a_site_without_import() {
-    let site = Site::new(&pkgs());
-    for p in site.repo.packages() {
-        site.node.assert_serves(&p);
-    }
-    let Site {
-        repo,
-        up: _up,
-        mut node,
-        dir,
-    } = site;
-    node.stop();
-    let disk = dir.path().join("usb");
-    assert!(export(&node, &disk, &[]).success);
+    let (repo, _node, dir, disk) = exported_site();
     let bad = repo.package("ls-doc");
     let f = disk.join("test").join(&bad.rel_path);
     let mut bytes = std::fs::read(&f).unwrap();
@@ -351,10 +322,11 @@ fn a_mounted_bundle_serves_a_site_without_import() {
         seeded.log_tail(30)
     );
     // The damaged file is never served: refused on read, and there is no other source.
+    // (The answer may have started: then it is cut short, never completed.)
     let r = seeded.get(&format!("/test/{}", bad.rel_path));
     assert!(
-        r.status != 200 || sha256_hex(&r.body) == bad.sha256_hex,
-        "damaged seed bytes were served"
+        r.status != 200 || r.body.len() < bad.size as usize,
+        "damaged seed bytes were served as a complete answer"
     );
     assert_ne!(sha256_hex(&r.body), bad.sha256_hex);
     assert!(

@@ -782,10 +782,6 @@ impl Peers {
             Response::Blob { size, .. } if size >= offset => {
                 Ok(self.body(peer, recv, Some(size), offset))
             }
-            Response::Error {
-                kind: wire::ErrorKind::NotFound,
-                ..
-            } => Err(PeerError::NotFound(peer.name())),
             other => Err(unexpected(peer, &other)),
         }
     }
@@ -809,10 +805,6 @@ impl Peers {
         let (resp, recv) = self.ask(peer, &req, FETCH_ANSWER_TIMEOUT).await?;
         match resp {
             Response::Stream { total } => Ok(self.body(peer, recv, total, offset)),
-            Response::Error {
-                kind: wire::ErrorKind::NotFound,
-                ..
-            } => Err(PeerError::NotFound(peer.name())),
             other => Err(unexpected(peer, &other)),
         }
     }
@@ -844,10 +836,6 @@ impl Peers {
                 last_modified,
                 files,
             }),
-            Response::Error {
-                kind: wire::ErrorKind::NotFound,
-                ..
-            } => Err(PeerError::NotFound(peer.name())),
             other => Err(unexpected(peer, &other)),
         }
     }
@@ -904,8 +892,13 @@ impl Peers {
     }
 }
 
+/// The error an answer other than the expected one means.
 fn unexpected(peer: &Peer, r: &Response) -> PeerError {
     match r {
+        Response::Error {
+            kind: wire::ErrorKind::NotFound,
+            ..
+        } => PeerError::NotFound(peer.name()),
         Response::Error { message, .. } => PeerError::Answered(peer.name(), message.clone()),
         other => PeerError::Protocol(peer.name(), format!("unexpected answer {other:?}")),
     }

@@ -167,7 +167,12 @@ async fn stream(
             have: checksums.iter().map(|c| local.holds(c).is_some()).collect(),
         },
         Request::Get { checksum, offset } => match local.holds(&checksum) {
-            Some(blob) => return local.send_blob(send, blob, offset).await,
+            Some(blob) => {
+                let blake3 = hash::hex(&blob);
+                return local
+                    .send_held(send, blob, offset, |size| Response::Blob { size, blake3 })
+                    .await;
+            }
             None => error(ErrorKind::NotFound, "not held here"),
         },
         Request::Fetch {
@@ -211,12 +216,14 @@ impl Local {
         Ok((Arc::new(file), size))
     }
 
-    /// `Get`: a held blob, from `offset`.
-    async fn send_blob(
+    /// A held blob from `offset`, after the header `head(size)` makes (`Blob` for `Get`,
+    /// `Stream` for `Fetch`), or the error answer when it cannot be read.
+    async fn send_held(
         &self,
         mut send: quinn::SendStream,
         blob: BlobId,
         offset: u64,
+        head: impl FnOnce(u64) -> Response,
     ) -> Result<(), String> {
         let (file, size) = match self.open_blob(&blob, offset) {
             Ok(x) => x,
@@ -226,11 +233,7 @@ impl Local {
                 return Ok(());
             }
         };
-        let head = Response::Blob {
-            size,
-            blake3: hash::hex(&blob),
-        };
-        send_frame(&mut send, &head).await?;
+        send_frame(&mut send, &head(size)).await?;
         self.pump(send, &blob, file, offset, size).await
     }
 
@@ -317,7 +320,11 @@ impl Local {
             None => self.store.path_entry(&key).ok().flatten().map(|e| e.blob),
         };
         if let Some(blob) = held.filter(|b| self.store.blob_path(b).exists()) {
-            return self.stream_held(send, blob, offset).await;
+            return self
+                .send_held(send, blob, offset, |size| Response::Stream {
+                    total: Some(size),
+                })
+                .await;
         }
         let t = self.fetcher.start(Item {
             repo,
@@ -360,25 +367,6 @@ impl Local {
         }
         let _ = send.finish();
         Ok(())
-    }
-
-    /// A held blob, answered in the `Fetch` framing.
-    async fn stream_held(
-        &self,
-        mut send: quinn::SendStream,
-        blob: BlobId,
-        offset: u64,
-    ) -> Result<(), String> {
-        let (file, size) = match self.open_blob(&blob, offset) {
-            Ok(x) => x,
-            Err(answer) => {
-                send_frame(&mut send, &answer).await?;
-                let _ = send.finish();
-                return Ok(());
-            }
-        };
-        send_frame(&mut send, &Response::Stream { total: Some(size) }).await?;
-        self.pump(send, &blob, file, offset, size).await
     }
 
     async fn snapshot(&self, repo: &str, tree: &str) -> Response {
