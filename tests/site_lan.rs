@@ -68,6 +68,14 @@ fn healthy_peers(st: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The upstream's request log, one `METHOD path status` per line, for failure messages.
+fn upstream_log(up: &Upstream) -> String {
+    up.requests()
+        .iter()
+        .map(|l| format!("\n  {} {} {}", l.method, l.path, l.status))
+        .collect()
+}
+
 /// Every node's status, for failure messages.
 fn statuses(site: &LanSite) -> String {
     (0..site.nodes.len())
@@ -270,7 +278,12 @@ fn harness_builds_a_lan_and_removes_it() {
         let c = site.client(0, "c1");
         c.install(&["lml-h"]).assert_success();
         assert_installed(&c, &pkg);
-        assert_eq!(site.up.count(&pkg.file_name), 1, "{:?}", site.up.requests());
+        assert_eq!(
+            site.up.count(&pkg.file_name),
+            1,
+            "{}",
+            upstream_log(&site.up)
+        );
         assert!(site.holds(0, &pkg));
         let st = site.status(0);
         assert!(num(&st, "misses") >= 1, "{st}");
@@ -309,7 +322,8 @@ fn harness_builds_a_lan_and_removes_it() {
     assert!(gone, "bridge ports left after clean-up: {links:?}");
 }
 
-/// 1. Three nodes find each other by mDNS alone: each lists the two others as healthy peers.
+/// Site test 1: Three nodes find each other by mDNS alone: each lists the two others as healthy
+/// peers.
 #[test]
 fn three_nodes_find_each_other_by_mdns() {
     let _wd = Watchdog::new(
@@ -342,7 +356,9 @@ fn three_nodes_find_each_other_by_mdns() {
                 .iter()
                 .find(|p| p["id"] == ids[j].as_str())
                 .unwrap_or_else(|| panic!("node {} misses node {}: {st}", i + 1, j + 1));
-            assert_eq!(p["via"], "mdns", "no static peers are configured: {st}");
+            // "mdns", or "incoming" when the other side's mDNS found us first; never "static".
+            assert_ne!(p["via"], "static", "no static peers are configured: {st}");
+            assert!(p["via"].is_string(), "{st}");
             let addr = p["addr"].as_str().unwrap_or_default();
             assert!(
                 addr.contains(&site.nodes[j].host.ip.to_string()),
@@ -354,8 +370,8 @@ fn three_nodes_find_each_other_by_mdns() {
     }
 }
 
-/// 2. A package installed through node 1 is then installed through a node that does not hold
-/// it, with no new upstream request for it: the bytes came from the site.
+/// Site test 2: A package installed through node 1 is then installed through a node that does not
+/// hold it, with no new upstream request for it: the bytes came from the site.
 #[test]
 fn a_package_fetched_once_is_served_from_the_site() {
     let _wd = Watchdog::new(
@@ -374,7 +390,12 @@ fn a_package_fetched_once_is_served_from_the_site() {
     let c1 = site.client(0, "c1");
     c1.install(&["lml-a"]).assert_success();
     assert_installed(&c1, &pkg);
-    assert_eq!(site.up.count(&pkg.file_name), 1, "{:?}", site.up.requests());
+    assert_eq!(
+        site.up.count(&pkg.file_name),
+        1,
+        "{}",
+        upstream_log(&site.up)
+    );
     assert!(site.holds(0, &pkg), "node 1 served it and keeps it");
     // The site's fetcher for this package may be node 2 or 3 and keep a copy; take a node that
     // holds none, so the bytes must cross the LAN.
@@ -388,9 +409,9 @@ fn a_package_fetched_once_is_served_from_the_site() {
     assert_eq!(
         site.up.count(&pkg.file_name),
         1,
-        "node {} went upstream: {:?}",
+        "node {} went upstream: {}",
         other + 1,
-        site.up.requests()
+        upstream_log(&site.up)
     );
     let st = site.status(other);
     assert!(num(&st, "from_peers") > before, "{st}");
@@ -398,8 +419,8 @@ fn a_package_fetched_once_is_served_from_the_site() {
     assert!(site.holds(other, &pkg), "node {} stored it", other + 1);
 }
 
-/// 3. Three cold nodes whose clients install the same packages at once, over a slow uplink:
-/// exactly one upstream GET per package for the whole site.
+/// Site test 3: Three cold nodes whose clients install the same packages at once, over a slow
+/// uplink: exactly one upstream GET per package for the whole site.
 #[test]
 fn simultaneous_cold_nodes_fetch_each_package_once() {
     let _wd = Watchdog::new(
@@ -442,9 +463,9 @@ fn simultaneous_cold_nodes_fetch_each_package_once() {
         assert_eq!(
             site.up.count(&p.file_name),
             1,
-            "{}: {:?}\n{}",
+            "{}: {}\n{}",
             p.file_name,
-            site.up.requests(),
+            upstream_log(&site.up),
             statuses(&site)
         );
     }
@@ -456,8 +477,8 @@ fn simultaneous_cold_nodes_fetch_each_package_once() {
     );
 }
 
-/// 4. One node killed with SIGKILL and no uplink: the two others still serve everything the site
-/// held, to fresh clients.
+/// Site test 4: One node killed with SIGKILL and no uplink: the two others still serve everything
+/// the site held, to fresh clients.
 #[test]
 fn site_survives_a_killed_node_without_uplink() {
     let _wd = Watchdog::new(
@@ -477,12 +498,23 @@ fn site_survives_a_killed_node_without_uplink() {
     };
     assert_site_formed(&site, &[0, 1, 2]);
     let pkgs = site.repo.packages();
-    // Node 1 fetches everything, node 2 gets it from the site, node 3 only loads metadata.
+    // Node 1's client installs everything, node 2's then gets it from the site; node 3's client
+    // only loads metadata (node 3 may still hold packages it fetched as the site's fetcher).
     site.client(0, "c1").install(&names(&pkgs)).assert_success();
     site.client(1, "c2").install(&names(&pkgs)).assert_success();
     site.client(2, "c3").makecache().assert_success();
     for p in &pkgs {
         assert!(site.holds(1, p), "node 2 stores {}", p.name);
+    }
+    let lacking: Vec<&str> = pkgs
+        .iter()
+        .filter(|p| !site.holds(2, p))
+        .map(|p| p.name.as_str())
+        .collect();
+    if lacking.is_empty() {
+        eprintln!(
+            "note: node 3 was the site's fetcher for every package; none crosses to it later"
+        );
     }
     let before = num(&site.status(2), "from_peers");
 
@@ -500,16 +532,16 @@ fn site_survives_a_killed_node_without_uplink() {
     }
     let st = site.status(2);
     assert!(
-        num(&st, "from_peers") >= before + pkgs.len() as u64,
-        "node 3 had the packages from node 2: {st}"
+        num(&st, "from_peers") >= before + lacking.len() as u64,
+        "node 3 got {lacking:?} from node 2: {st}"
     );
     for p in &pkgs {
         assert!(site.holds(2, p), "node 3 stores {}", p.name);
     }
 }
 
-/// 5. A fourth node with the wrong site key (same site name) is refused both ways; its client
-/// still works, through upstream only.
+/// Site test 5: A fourth node with the wrong site key (same site name) is refused both ways; its
+/// client still works, through upstream only.
 #[test]
 fn a_node_with_the_wrong_site_key_is_refused() {
     let _wd = Watchdog::new(
@@ -582,8 +614,8 @@ fn a_node_with_the_wrong_site_key_is_refused() {
     assert_eq!(
         site.up.count(&pkg.file_name),
         2,
-        "node 4 fetched it upstream: {:?}",
-        site.up.requests()
+        "node 4 fetched it upstream: {}",
+        upstream_log(&site.up)
     );
     let st4 = site.status(n4);
     assert_eq!(num(&st4, "from_peers"), 0, "{st4}");
@@ -591,8 +623,8 @@ fn a_node_with_the_wrong_site_key_is_refused() {
     assert_eq!(num(&st4, "bytes_to_peers"), 0, "{st4}");
 }
 
-/// 6. A peer whose stored copy is corrupt (one byte changed on disk, same size): a node asking
-/// the site for that package detects it, still serves its client the right bytes, and never
+/// Site test 6: A peer whose stored copy is corrupt (one byte changed on disk, same size): a node
+/// asking the site for that package detects it, still serves its client the right bytes, and never
 /// stores the corrupt ones.
 #[test]
 fn corrupt_bytes_from_a_peer_are_refused() {

@@ -131,9 +131,8 @@ impl Dnf {
         let mut cmd = match &self.netns {
             None => Command::new("dnf"),
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "dnf"]);
-                super::netns::kill_with_parent(&mut c);
+                let mut c = super::netns::exec_in(ns);
+                c.arg("dnf");
                 c
             }
         };

@@ -50,13 +50,33 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 /// Namespaces made by live [`Lan`]s of this process (for [`Watchdog`]'s last-resort clean-up).
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// Path of an iproute2 tool (`ip`, `tc`): found on `PATH`, else in `/usr/sbin` or `/sbin`
+/// (which a non-login `PATH` may lack); the bare name when nowhere.
+pub fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// `ip netns exec NS` as a command to which the program and its arguments are to be added;
+/// the child dies with the thread that spawns it ([`kill_with_parent`]).
+pub fn exec_in(ns: &str) -> Command {
+    let mut c = Command::new(tool("ip"));
+    c.args(["netns", "exec", ns]);
+    kill_with_parent(&mut c);
+    c
+}
+
 /// Why the tier cannot run here, or None when it can (root, and `ip` present).
 pub fn unavailable_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: network namespaces need CAP_SYS_ADMIN".into());
     }
-    match Command::new("ip").arg("-V").output() {
+    match Command::new(tool("ip")).arg("-V").output() {
         Ok(o) if o.status.success() => None,
         _ => Some("no `ip` command (Debian package iproute2)".into()),
     }
@@ -75,7 +95,9 @@ pub fn enter(ns: &str) -> io::Result<()> {
 
 /// Runs `f` on a fresh thread inside the network namespace `ns` and returns its result
 /// (a panic in `f` is re-raised here). Sockets made by `f` belong to `ns`, and so do
-/// processes it spawns.
+/// processes it spawns. Anything process-wide that makes a socket on first use must not be
+/// first used in here, or that socket keeps `ns` alive after its deletion (tokio's signal
+/// driver does this when the process's first runtime is built: build runtimes outside).
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         let h = std::thread::Builder::new()
@@ -109,7 +131,7 @@ pub fn kill_with_parent(cmd: &mut Command) {
 }
 
 fn run(prog: &str, args: &[&str]) -> ProcOutput {
-    let mut cmd = Command::new(prog);
+    let mut cmd = Command::new(tool(prog));
     cmd.args(args).env("LC_ALL", "C");
     run_with_timeout(cmd, CMD_TIMEOUT)
 }

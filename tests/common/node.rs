@@ -269,9 +269,8 @@ impl Node {
         let mut cmd = match &self.opts.netns {
             None => Command::new(&bin),
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
-                super::netns::kill_with_parent(&mut c);
+                let mut c = super::netns::exec_in(ns);
+                c.arg(&bin);
                 c
             }
         };

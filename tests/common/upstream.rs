@@ -124,8 +124,9 @@ impl Upstream {
     }
 
     /// Serves `root` on `ip:port` inside the network namespace `ns` (an `ip netns` name): the
-    /// server's thread and its runtime's workers enter `ns` (`setns`) before making any
-    /// socket. Everything else (request log, faults, `set_down`) works as for [`Upstream::start`].
+    /// server's thread enters `ns` (`setns`) before making its listener; accepted connections
+    /// belong to the listener's namespace. Everything else (request log, faults, `set_down`)
+    /// works as for [`Upstream::start`].
     pub fn start_in_netns(root: &Path, ns: &str, ip: Ipv4Addr, port: u16) -> Upstream {
         Self::start_at(root, SocketAddr::from((ip, port)), Some(ns.to_string()))
     }
@@ -143,22 +144,22 @@ impl Upstream {
             std::thread::Builder::new()
                 .name("upstream".into())
                 .spawn(move || {
+                    // Built before entering a namespace: building the first runtime of the
+                    // process makes tokio's process-wide signal socketpair, which would
+                    // otherwise live in (and keep alive) that namespace forever.
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .expect("upstream runtime");
+                    // Sockets keep the namespace they were made in: the listener (and its
+                    // re-binds after `set_down(false)`) is made on this thread, in `block_on`.
                     if let Some(ns) = &netns
                         && let Err(e) = super::netns::enter(ns)
                     {
                         let _ = port_tx.send(Err(e));
                         return;
                     }
-                    let mut rt = tokio::runtime::Builder::new_multi_thread();
-                    rt.worker_threads(2).enable_all();
-                    if let Some(ns) = netns {
-                        // Sockets keep the namespace they were made in; the listener is made
-                        // on this thread, but keep the workers in `ns` too.
-                        rt.on_thread_start(move || {
-                            super::netns::enter(&ns).expect("upstream worker: setns");
-                        });
-                    }
-                    let rt = rt.build().expect("upstream runtime");
                     rt.block_on(async move {
                         let listener = match bind(addr) {
                             Ok(l) => l,
