@@ -45,6 +45,7 @@ pub struct Node {
     pub stats: Arc<Stats>,
     pub started: Instant,
     http: std::sync::Mutex<Option<std::net::TcpListener>>,
+    http_addr: SocketAddr,
 }
 
 impl Node {
@@ -71,7 +72,8 @@ impl Node {
         let http = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|_| l))
             .map_err(|source| NodeError::Listen { addr, source })?;
-        let http_port = http.local_addr().map_or(addr.port(), |a| a.port());
+        let http_addr = http.local_addr().unwrap_or(addr);
+        let http_port = http_addr.port();
         let peers = Peers::open(&cfg, http_port, mdns, stats.clone())?;
         let seeds = Arc::new(crate::bundle::Seeds::new(
             cfg.seed.dirs.clone(),
@@ -100,6 +102,7 @@ impl Node {
             stats,
             started: Instant::now(),
             http: std::sync::Mutex::new(Some(http)),
+            http_addr,
         }))
     }
 
@@ -180,6 +183,11 @@ impl Node {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// The HTTP address the node is bound to (the real port, also when the config said 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The `/api/status` document.

@@ -698,6 +698,7 @@ impl Snapshots {
             peers.put_aside(peer, "metadata file does not match its BLAKE3");
             return Err("metadata file from peer failed verification".into());
         }
+        Stats::inc(&self.stats.from_peers);
         self.store_small(bytes).await
     }
 

@@ -314,7 +314,8 @@ impl Peers {
         self.table.lock().ok().map(|mut t| f(&mut t))
     }
 
-    fn add_static(&self, target: &str) {
+    /// Adds a peer by address ("host:port" of its QUIC port), as `[discovery] peers` does.
+    pub fn add_static(&self, target: &str) {
         self.with_table(|t| {
             t.entry(format!("static:{target}"))
                 .or_insert_with(|| Entry::new(Via::Static, target.to_string()));
