@@ -850,45 +850,101 @@ impl Peers {
         total: Option<u64>,
         offset: u64,
     ) -> PeerBody {
-        let stats = self.stats.clone();
-        let name = peer.name();
-        let st = (recv, offset, stats, name, false);
-        let stream = futures_util::stream::unfold(
-            st,
-            move |(mut recv, got, stats, name, done)| async move {
-                if done {
-                    return None;
-                }
-                match tokio::time::timeout(READ_TIMEOUT, recv.read_chunk(256 * 1024, true)).await {
-                    Err(_) => Some((
-                        Err(format!(
-                            "peer {name} stalled for {} s",
-                            READ_TIMEOUT.as_secs()
-                        )),
-                        (recv, got, stats, name, true),
-                    )),
-                    Ok(Err(e)) => Some((
-                        Err(format!("peer {name}: {e}")),
-                        (recv, got, stats, name, true),
-                    )),
-                    Ok(Ok(None)) => match total {
-                        Some(t) if got != t => Some((
-                            Err(format!("peer {name} ended after {got} of {t} bytes")),
-                            (recv, got, stats, name, true),
-                        )),
-                        _ => None,
-                    },
-                    Ok(Ok(Some(chunk))) => {
-                        let n = chunk.bytes.len() as u64;
-                        Stats::add(&stats.bytes_from_peers, n);
-                        Some((Ok(chunk.bytes), (recv, got + n, stats, name, false)))
-                    }
-                }
-            },
-        );
+        let st = BodyState {
+            recv,
+            got: offset,
+            total,
+            stats: self.stats.clone(),
+            name: peer.name(),
+            ended: false,
+        };
+        let stream = futures_util::stream::unfold(st, |mut st| async move {
+            let item = st.next_piece().await?;
+            Some((item, st))
+        });
         PeerBody {
             total,
             stream: Box::pin(stream),
+        }
+    }
+}
+
+/// Size the pieces of a peer body are gathered into: quinn hands out one STREAM frame
+/// (~1.4 kB) per read, and hashing, writing and waking readers per frame costs more than the
+/// transfer itself.
+const PIECE: usize = 256 * 1024;
+
+struct BodyState {
+    recv: quinn::RecvStream,
+    got: u64,
+    total: Option<u64>,
+    stats: Arc<Stats>,
+    name: String,
+    ended: bool,
+}
+
+impl BodyState {
+    /// The next piece: what has arrived, up to [`PIECE`] bytes, waiting only when nothing has.
+    /// `None` at a clean end of the announced length; an error for a reset, a stall or a
+    /// length that does not match.
+    async fn next_piece(&mut self) -> Option<Result<Bytes, String>> {
+        use futures_util::FutureExt;
+        if self.ended {
+            return None;
+        }
+        let first =
+            match tokio::time::timeout(READ_TIMEOUT, self.recv.read_chunk(PIECE, true)).await {
+                Err(_) => {
+                    return self.fail(format!(
+                        "peer {} stalled for {} s",
+                        self.name,
+                        READ_TIMEOUT.as_secs()
+                    ));
+                }
+                Ok(Err(e)) => return self.fail(format!("peer {}: {e}", self.name)),
+                Ok(Ok(None)) => return self.end(),
+                Ok(Ok(Some(c))) => c.bytes,
+            };
+        let mut piece = bytes::BytesMut::new();
+        let mut last = first;
+        // Gather what is already there without waiting (read_chunk is cancel-safe).
+        while piece.len() + last.len() < PIECE {
+            match self.recv.read_chunk(PIECE, true).now_or_never() {
+                Some(Ok(Some(c))) => {
+                    if piece.is_empty() {
+                        piece.reserve(PIECE);
+                    }
+                    piece.extend_from_slice(&last);
+                    last = c.bytes;
+                }
+                // The end or an error shows up on the next call.
+                _ => break,
+            }
+        }
+        let out = if piece.is_empty() {
+            last
+        } else {
+            piece.extend_from_slice(&last);
+            piece.freeze()
+        };
+        self.got += out.len() as u64;
+        Stats::add(&self.stats.bytes_from_peers, out.len() as u64);
+        Some(Ok(out))
+    }
+
+    fn fail(&mut self, why: String) -> Option<Result<Bytes, String>> {
+        self.ended = true;
+        Some(Err(why))
+    }
+
+    fn end(&mut self) -> Option<Result<Bytes, String>> {
+        self.ended = true;
+        match self.total {
+            Some(t) if self.got != t => Some(Err(format!(
+                "peer {} ended after {} of {t} bytes",
+                self.name, self.got
+            ))),
+            _ => None,
         }
     }
 }
