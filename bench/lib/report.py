@@ -505,8 +505,15 @@ def main():
         for p in problems:
             w("- " + p)
         w("")
+    # Sections other harnesses own (bench/peer: <!-- peer:begin -->…<!-- peer:end -->, and any
+    # other <!-- NAME:begin -->…<!-- NAME:end --> pair) are kept, in their order, after ours.
+    kept = ""
+    if os.path.exists(out):
+        old = open(out).read()
+        for m in re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", old, re.S):
+            kept += "\n" + m.group(0) + "\n"
     with open(out, "w") as f:
-        f.write("\n".join(L))
+        f.write("\n".join(L).rstrip("\n") + "\n" + kept)
     with open(os.path.join(run, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)
 
