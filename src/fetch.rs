@@ -272,7 +272,14 @@ struct Part {
     /// Set by a restart from zero while readers may hold the old bytes.
     check: Option<PrefixCheck>,
     also: Option<crate::repodata::ChecksumAlgo>,
+    /// Bytes already handed to the disk for writeback (see [`WRITEBACK_STEP`]).
+    synced: u64,
 }
+
+/// A part file is written back to disk every this many bytes while it grows, so the fsync
+/// before it is installed has little left to do (otherwise the whole file is flushed after the
+/// last byte, which stalls the end of every large transfer).
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl Part {
     /// Empties the file to start over from byte 0. When readers may already have sent the old
@@ -288,6 +295,7 @@ impl Part {
         self.file.set_len(0).await?;
         self.file.seek(io::SeekFrom::Start(0)).await?;
         self.written = 0;
+        self.synced = 0;
         self.hasher = MultiHasher::new(self.also);
         Ok(())
     }
@@ -299,6 +307,11 @@ impl Part {
         self.hasher.update(chunk);
         let before = self.written;
         self.written += chunk.len() as u64;
+        if self.written - self.synced >= WRITEBACK_STEP {
+            self.file.flush().await?;
+            crate::store::start_writeback(&self.file, self.synced, self.written - self.synced);
+            self.synced = self.written;
+        }
         let Some(c) = &mut self.check else {
             return Ok(false);
         };
@@ -503,6 +516,7 @@ impl Fetcher {
             hasher,
             check: None,
             also,
+            synced: written,
         };
         let mut announced = p.written > 0;
         let mut generation = 0u32;

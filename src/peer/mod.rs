@@ -873,6 +873,8 @@ impl Peers {
 /// (~1.4 kB) per read, and hashing, writing and waking readers per frame costs more than the
 /// transfer itself.
 const PIECE: usize = 256 * 1024;
+/// Longest a piece waits for more bytes after its first ones.
+const GATHER: Duration = Duration::from_millis(20);
 
 struct BodyState {
     recv: quinn::RecvStream,
@@ -888,7 +890,6 @@ impl BodyState {
     /// `None` at a clean end of the announced length; an error for a reset, a stall or a
     /// length that does not match.
     async fn next_piece(&mut self) -> Option<Result<Bytes, String>> {
-        use futures_util::FutureExt;
         if self.ended {
             return None;
         }
@@ -907,9 +908,12 @@ impl BodyState {
             };
         let mut piece = bytes::BytesMut::new();
         let mut last = first;
-        // Gather what is already there without waiting (read_chunk is cancel-safe).
+        // Gather what arrives within GATHER of the first bytes (read_chunk is cancel-safe): at
+        // link rates a few kB arrive at a time, and each piece costs a write and a wake-up.
+        let until = tokio::time::Instant::now() + GATHER;
         while piece.len() + last.len() < PIECE {
-            match self.recv.read_chunk(PIECE, true).now_or_never() {
+            let more = tokio::time::timeout_at(until, self.recv.read_chunk(PIECE, true));
+            match more.await.ok() {
                 Some(Ok(Some(c))) => {
                     if piece.is_empty() {
                         piece.reserve(PIECE);
