@@ -630,8 +630,8 @@ pub fn export(
     }
     progress.finish();
 
-    let (public, _) = me
-        .sign(b"")
+    let public = me
+        .public_key()
         .map_err(|e| BundleError::Other(e.to_string()))?;
     let manifest = Manifest {
         format: FORMAT,
@@ -644,7 +644,7 @@ pub fn export(
     };
     let bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Other(e.to_string()))?;
-    let (_, sig) = me
+    let sig = me
         .sign(&bytes)
         .map_err(|e| BundleError::Other(e.to_string()))?;
     let sig = Signature {

@@ -157,15 +157,20 @@ impl Identity {
         })
     }
 
-    /// Signs `msg` with this node's key (Ed25519): `(public key, signature)`, both raw.
-    pub fn sign(&self, msg: &[u8]) -> Result<(Vec<u8>, Vec<u8>), IdentityError> {
+    fn key_pair(&self) -> Result<ring::signature::Ed25519KeyPair, IdentityError> {
+        ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&self.key_der)
+            .map_err(|e| IdentityError::Tls(format!("node key cannot sign: {e}")))
+    }
+
+    /// This node's raw Ed25519 public key.
+    pub fn public_key(&self) -> Result<Vec<u8>, IdentityError> {
         use ring::signature::KeyPair;
-        let kp = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&self.key_der)
-            .map_err(|e| IdentityError::Tls(format!("node key cannot sign: {e}")))?;
-        Ok((
-            kp.public_key().as_ref().to_vec(),
-            kp.sign(msg).as_ref().to_vec(),
-        ))
+        Ok(self.key_pair()?.public_key().as_ref().to_vec())
+    }
+
+    /// Signs `msg` with this node's key (Ed25519); the signature, raw.
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        Ok(self.key_pair()?.sign(msg).as_ref().to_vec())
     }
 
     fn chain(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -458,7 +463,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "node.key must not be readable by others");
-        let (public, sig) = a.sign(b"manifest").unwrap();
+        let (public, sig) = (a.public_key().unwrap(), a.sign(b"manifest").unwrap());
         assert_eq!(
             NodeId::of_ed25519(&public),
             a.id,

@@ -200,17 +200,6 @@ pub struct PeerBody {
     pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
 }
 
-/// What a peer said its snapshot of a tree is.
-#[derive(Debug, Clone)]
-pub struct PeerSnapshot {
-    pub revision: String,
-    pub fetched_at: u64,
-    pub checked_at: u64,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    pub files: Vec<wire::SnapFile>,
-}
-
 /// The site as this node sees it.
 pub struct Peers {
     pub me: NodeId,
@@ -816,27 +805,13 @@ impl Peers {
         peer: &Peer,
         repo: &str,
         tree: &str,
-    ) -> Result<PeerSnapshot, PeerError> {
+    ) -> Result<wire::SnapshotInfo, PeerError> {
         let req = Request::Snapshot {
             repo: repo.into(),
             tree: tree.into(),
         };
         match self.ask(peer, &req, ANSWER_TIMEOUT).await?.0 {
-            Response::Snapshot {
-                revision,
-                fetched_at,
-                checked_at,
-                etag,
-                last_modified,
-                files,
-            } => Ok(PeerSnapshot {
-                revision,
-                fetched_at,
-                checked_at,
-                etag,
-                last_modified,
-                files,
-            }),
+            Response::Snapshot(info) => Ok(info),
             other => Err(unexpected(peer, &other)),
         }
     }

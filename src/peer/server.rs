@@ -407,13 +407,13 @@ impl Local {
                 size,
             });
         }
-        Response::Snapshot {
+        Response::Snapshot(wire::SnapshotInfo {
             revision: s.revision,
             fetched_at: s.fetched_at,
             checked_at: s.checked_at,
             etag: s.etag,
             last_modified: s.last_modified,
             files,
-        }
+        })
     }
 }

@@ -75,6 +75,18 @@ pub struct SnapFile {
     pub size: u64,
 }
 
+/// A tree's metadata snapshot as one node tells another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotInfo {
+    pub revision: String,
+    pub fetched_at: u64,
+    pub checked_at: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub files: Vec<SnapFile>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
@@ -102,14 +114,7 @@ pub enum Response {
         total: Option<u64>,
     },
     /// The tree's snapshot: repomd.xml and companions, and when upstream last confirmed it.
-    Snapshot {
-        revision: String,
-        fetched_at: u64,
-        checked_at: u64,
-        etag: Option<String>,
-        last_modified: Option<String>,
-        files: Vec<SnapFile>,
-    },
+    Snapshot(SnapshotInfo),
     Error {
         kind: ErrorKind,
         message: String,
@@ -233,13 +238,13 @@ impl Checked for Response {
             }
             Response::Holding { .. } | Response::Stream { .. } => Ok(()),
             Response::Blob { blake3, .. } => field(blake3, "blake3"),
-            Response::Snapshot {
+            Response::Snapshot(SnapshotInfo {
                 revision,
                 etag,
                 last_modified,
                 files,
                 ..
-            } => {
+            }) => {
                 field(revision, "revision")?;
                 field(etag.as_deref().unwrap_or(""), "etag")?;
                 field(last_modified.as_deref().unwrap_or(""), "last_modified")?;
@@ -299,7 +304,7 @@ mod tests {
             have: vec![true, false],
         });
         roundtrip(Response::Stream { total: None });
-        roundtrip(Response::Snapshot {
+        roundtrip(Response::Snapshot(SnapshotInfo {
             revision: "1".into(),
             fetched_at: 1,
             checked_at: 2,
@@ -310,7 +315,7 @@ mod tests {
                 blake3: "aa".into(),
                 size: 9,
             }],
-        });
+        }));
         roundtrip(Response::Error {
             kind: ErrorKind::Unavailable,
             message: "upstream down".into(),
