@@ -998,9 +998,10 @@ impl Importer<'_> {
             etag: None,
             last_modified: None,
             checked_at: s.checked_at.min(now_secs()),
+            origin: crate::store::Origin::Bundle,
         };
         self.snapshots
-            .adopt(&s.repo, &s.tree, new, &s.revision, s.fetched_at)
+            .adopt(&s.repo, &s.tree, new)
             .await
             .map_err(|e| format!("not switched in: {e}"))
     }

@@ -67,6 +67,11 @@ pub struct NodeConfig {
     /// A file holding the site's shared secret. When set, only nodes that hold the same secret
     /// are admitted as peers (both ways, proven on every connection).
     pub site_key_file: Option<PathBuf>,
+    /// For a site without a key: trust every host on this LAN enough to take a newer metadata
+    /// snapshot from it when this node cannot reach upstream (a keyed site does this anyway).
+    /// Off by default: without a key, any host could hand out forged metadata.
+    #[serde(default)]
+    pub trust_lan: bool,
 }
 
 impl Default for NodeConfig {
@@ -77,6 +82,7 @@ impl Default for NodeConfig {
             quic_listen: default_quic_listen(),
             site: default_site(),
             site_key_file: None,
+            trust_lan: false,
         }
     }
 }
@@ -214,6 +220,24 @@ pub struct RepoConfig {
     /// Optional mirrorlist URLs (plain text, one base URL per line), tried after `urls`.
     #[serde(default)]
     pub mirrorlists: Vec<String>,
+}
+
+impl RepoConfig {
+    /// A short hash of the repo's upstream URL set (`urls` and `mirrorlists`, order and a
+    /// trailing `/` aside). Travels with the repo name between nodes, so two nodes exchange a
+    /// repo only when both take it from the same place.
+    pub fn upstream_id(&self) -> String {
+        let mut all: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| format!("url {}", u.trim_end_matches('/')))
+            .chain(self.mirrorlists.iter().map(|m| format!("list {m}")))
+            .collect();
+        all.sort();
+        all.dedup();
+        let h = blake3::derive_key("lanmirror repo upstream v1", all.join("\n").as_bytes());
+        crate::hash::hex(&h[..8])
+    }
 }
 
 fn yes() -> bool {

@@ -156,13 +156,18 @@ mod tests {
                 )
             }
         };
-        let ok = read_advert("s1", txt("1", "s1", id, "7700")).unwrap();
+        let ok = read_advert("s1", txt("2", "s1", id, "7700")).unwrap();
         assert_eq!(ok.http_port, 7700);
         assert_eq!(ok.id.to_string(), id);
-        assert_eq!(read_advert("s2", txt("1", "s1", id, "7700")), None);
-        assert_eq!(read_advert("s1", txt("2", "s1", id, "7700")), None);
-        assert_eq!(read_advert("s1", txt("1", "s1", "xyz", "7700")), None);
-        assert_eq!(read_advert("s1", txt("1", "s1", id, "99999")), None);
+        assert_eq!(read_advert("s2", txt("2", "s1", id, "7700")), None);
+        assert_eq!(
+            read_advert("s1", txt("1", "s1", id, "7700")),
+            None,
+            "old protocol"
+        );
+        assert_eq!(read_advert("s1", txt("3", "s1", id, "7700")), None);
+        assert_eq!(read_advert("s1", txt("2", "s1", "xyz", "7700")), None);
+        assert_eq!(read_advert("s1", txt("2", "s1", id, "99999")), None);
         assert_eq!(read_advert("s1", |_| None), None);
     }
 }

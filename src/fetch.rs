@@ -168,8 +168,9 @@ pub enum Step {
 /// Where to look for an item, in order. `site`: peers may be asked (false for requests that
 /// came from a peer, and for files that change in place). Peers and seed directories are used
 /// only for files that never change once published and whose checksum this node's metadata
-/// names: their bytes must be checked against something they did not say (invariant 1). A
-/// seed (a local disk) comes first.
+/// names, of a type this build computes (`has_checksum`; never md5): their bytes must be
+/// checked against something they did not say ("nothing unverified is published"). A seed (a
+/// local disk) comes first.
 pub fn plan(site: bool, has_checksum: bool, immutable: bool, seeds: bool) -> Vec<Step> {
     let mut v = Vec::new();
     if immutable && has_checksum {
@@ -192,7 +193,46 @@ enum Source {
     Upstream,
 }
 
+/// The pace a peer source must keep during one attempt (see [`crate::peer::transfer_deadline`]).
+struct Pace {
+    start: tokio::time::Instant,
+    rate: u64,
+    /// Bytes the attempt has to deliver, when known: a fixed deadline. Unknown: each byte
+    /// received buys time at `rate`.
+    remaining: Option<u64>,
+    got: u64,
+}
+
+impl Pace {
+    fn deadline(&self) -> tokio::time::Instant {
+        let bytes = self.remaining.unwrap_or(self.got);
+        self.start + crate::peer::transfer_deadline(bytes, self.rate)
+    }
+
+    fn too_slow(&self) -> String {
+        format!(
+            "sent {} bytes{} in {} s, below the minimum of {} bytes/s",
+            self.got,
+            self.remaining
+                .map(|r| format!(" of {r}"))
+                .unwrap_or_default(),
+            self.start.elapsed().as_secs(),
+            self.rate
+        )
+    }
+}
+
 impl Source {
+    /// The slowest a source may send, for peers; `None` for upstream (its own timeouts and
+    /// retries apply) and seed directories (a local disk).
+    fn min_rate(&self) -> Option<u64> {
+        match self {
+            Source::Holder(_) => Some(crate::peer::HOLDER_MIN_RATE),
+            Source::Fetcher(_) => Some(crate::peer::FETCHER_MIN_RATE),
+            Source::Seed(_) | Source::Upstream => None,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Source::Holder(_) | Source::Fetcher(_) => "the site",
@@ -528,7 +568,9 @@ impl Fetcher {
         let mut attempts = 0u32;
         let mut steps = plan(
             item.site && self.peers.is_some(),
-            item.expected.is_some(),
+            item.expected
+                .as_ref()
+                .is_some_and(|e| hash::can_verify(e.checksum.algo)),
             item.path.kind() == PathKind::Immutable,
             self.seeds.is_some(),
         )
@@ -632,7 +674,36 @@ impl Fetcher {
             let from_upstream = matches!(source, Source::Upstream);
             let mut broke = None;
             let mut stream = body.stream;
-            while let Some(chunk) = stream.next().await {
+            // A peer must keep a minimum pace (deadline from the size it has to send), or the
+            // transfer goes on from the next source.
+            let pace = source.min_rate().map(|rate| Pace {
+                start: tokio::time::Instant::now(),
+                rate,
+                remaining: total.map(|t| t.saturating_sub(p.written)),
+                got: 0,
+            });
+            let mut pace = pace;
+            loop {
+                let next = match &pace {
+                    Some(pc) => match tokio::time::timeout_at(pc.deadline(), stream.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            let why = pc.too_slow();
+                            if let (Source::Holder(peer) | Source::Fetcher(peer), Some(peers)) =
+                                (&source, &self.peers)
+                            {
+                                peers.too_slow(peer, &why);
+                            }
+                            broke = Some(why);
+                            break;
+                        }
+                    },
+                    None => stream.next().await,
+                };
+                let Some(chunk) = next else { break };
+                if let (Some(pc), Ok(c)) = (&mut pace, &chunk) {
+                    pc.got += c.len() as u64;
+                }
                 let chunk = match chunk {
                     Ok(c) => c,
                     Err(e) => {

@@ -72,6 +72,12 @@ impl Digests {
     }
 }
 
+/// Whether this build computes `algo`, so bytes can be checked against a checksum of it. Only
+/// such checksums let bytes come from a peer or a seed directory (md5 never does).
+pub fn can_verify(algo: ChecksumAlgo) -> bool {
+    algo != ChecksumAlgo::Md5
+}
+
 impl MultiHasher {
     /// `also`: a digest that metadata names besides SHA-256 (ignored when it is SHA-256).
     pub fn new(also: Option<ChecksumAlgo>) -> Self {

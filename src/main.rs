@@ -242,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fetcher,
                     stats,
                     cfg.metadata.clone(),
+                    false,
                 );
                 let importer = bundle::Importer {
                     store: &store,

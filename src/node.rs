@@ -18,7 +18,7 @@ use crate::fetch::Fetcher;
 use crate::peer::{Peers, SiteError, server};
 use crate::snapshot::{Snapshots, needs_check};
 use crate::stats::Stats;
-use crate::store::{Store, StoreError, now_secs};
+use crate::store::{Origin, Store, StoreError, now_secs};
 use crate::upstream::Upstream;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,7 @@ impl Node {
             fetcher.clone(),
             stats.clone(),
             cfg.metadata.clone(),
+            peers.site.has_key() || cfg.node.trust_lan,
         );
         Ok(Arc::new(Self {
             cfg,
@@ -133,10 +134,8 @@ impl Node {
             static_peers = self.cfg.discovery.peers.len(),
             "sharing with the site's other nodes over QUIC"
         );
-        if !self.peers.site.has_key() {
-            tracing::info!(
-                "no site key: any lanmirror node on this LAN with the same site name may join (set [node] site_key_file to restrict)"
-            );
+        if let Some(w) = self.open_site_warning() {
+            tracing::warn!("{w}");
         }
         let mut chores = vec![
             tokio::spawn(self.peers.clone().keep_connected(shutdown.clone())),
@@ -185,6 +184,18 @@ impl Node {
         Ok(())
     }
 
+    /// What a node without a site key must say at start-up and in its status.
+    pub fn open_site_warning(&self) -> Option<&'static str> {
+        if self.peers.site.has_key() {
+            return None;
+        }
+        Some(if self.cfg.node.trust_lan {
+            "no site key, and trust_lan = true: any host on this LAN can join the site, ask for files, and hand this node metadata whenever it cannot reach upstream; set [node] site_key_file to restrict"
+        } else {
+            "no site key: any host on this LAN can join the site and ask for files (what it sends is verified; metadata is never taken from it); set [node] site_key_file to restrict"
+        })
+    }
+
     /// The HTTP address the node is bound to (the real port, also when the config said 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
@@ -211,6 +222,8 @@ impl Node {
                             "age_secs": now.saturating_sub(s.fetched_at),
                             "checked_secs_ago": now.saturating_sub(s.checked_at),
                             "stale": needs_check(s.checked_at, now, fresh),
+                            "source": s.origin.name(),
+                            "confirmed_upstream": s.origin == Origin::Upstream,
                             "files": s.files.len(),
                         })
                     })
@@ -247,6 +260,8 @@ impl Node {
             "site": self.cfg.node.site,
             "site_id": self.peers.site.site_id,
             "site_key": self.peers.site.has_key(),
+            "trust_lan": self.cfg.node.trust_lan,
+            "warnings": self.open_site_warning().into_iter().collect::<Vec<_>>(),
             "mdns": self.peers.mdns(),
             "quic_listen": self.peers.quic_addr().to_string(),
             "peers": self.peers.status(),
@@ -257,6 +272,7 @@ impl Node {
             "fetched_for_peers": Stats::get(&s.fetched_for_peers),
             "peer_verify_failures": Stats::get(&s.peer_verify_failures),
             "peers_refused": Stats::get(&s.peers_refused),
+            "peer_too_slow": Stats::get(&s.peer_too_slow),
             "stored_blobs": blobs,
             "stored_bytes": bytes,
         })

@@ -21,10 +21,10 @@ use crate::config::MetadataConfig;
 use crate::fetch::{FetchError, Fetcher, Finished, Item};
 use crate::hash::{self, BlobId};
 use crate::paths::{REPOMD_COMPANIONS, RepoPath};
-use crate::peer::{ContentRef, Peer, Peers};
+use crate::peer::{self, ContentRef, Peer, Peers, wire};
 use crate::repodata::{self, Compression, RepoMdRecord};
 use crate::stats::Stats;
-use crate::store::{Batch, Expected, PathEntry, Snapshot, Store, now_secs};
+use crate::store::{Batch, Expected, Origin, PathEntry, Snapshot, Store, now_secs};
 
 /// How long a request for repomd.xml waits for a refresh when a snapshot can be served.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
@@ -33,16 +33,29 @@ const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Largest repomd.xml (or companion) taken from a peer.
 const MAX_REPOMD: u64 = 16 << 20;
+/// Most peers asked for their snapshot at once, and most offers copied, per refresh.
+const MAX_SITE_ASKED: usize = 16;
+const MAX_SITE_TRIES: usize = 3;
 
 /// What a refresh learnt about repomd.xml.
 enum Obtained {
-    /// The snapshot in service is still current, as of `checked_at`.
+    /// The snapshot in service is still current: upstream confirmed it at `checked_at`, with
+    /// new validators when it sent the whole file again.
     Same {
         validators: Option<(Option<String>, Option<String>)>,
         checked_at: u64,
     },
     /// A new repomd.xml (stored as a blob) with its companions.
     New(NewSnapshot),
+}
+
+/// How a refresh ended.
+enum Refreshed {
+    /// This node's upstream confirmed the snapshot in service or gave a new one.
+    Upstream,
+    /// Upstream could not be asked (`why`); a newer snapshot came from the site or a seed
+    /// directory, not confirmed upstream.
+    Elsewhere { why: SnapshotError },
 }
 
 /// A repomd.xml and its companions, stored, to be switched in once every file it names is.
@@ -53,16 +66,20 @@ pub struct NewSnapshot {
     pub companions: Vec<(String, String)>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
-    /// When upstream last confirmed it (unix seconds).
+    /// When this node's upstream last confirmed it (unix seconds); for a snapshot from
+    /// elsewhere, the check time of the snapshot it replaces (never one another node gave).
     pub checked_at: u64,
+    pub origin: Origin,
 }
 
-/// Whether a peer's snapshot is newer than ours: by repomd `<revision>` when both are numbers
-/// (createrepo_c writes a timestamp), else by when each was switched in.
-pub fn peer_is_newer(ours: &str, our_at: u64, theirs: &str, their_at: u64) -> bool {
-    match (ours.parse::<u64>(), theirs.parse::<u64>()) {
-        (Ok(a), Ok(b)) if a != b => b > a,
-        _ => their_at > our_at,
+/// Whether repomd.xml revision `theirs` is newer than `ours`, for metadata that did not come
+/// from this node's own upstream (a peer, a bundle): only a strictly greater number counts
+/// (createrepo_c writes the time of the run). Revisions that are not numbers cannot be
+/// ordered, so they never replace anything: no offer can move a node back.
+pub fn revision_is_newer(ours: &str, theirs: &str) -> bool {
+    match (ours.trim().parse::<u64>(), theirs.trim().parse::<u64>()) {
+        (Ok(a), Ok(b)) => b > a,
+        _ => false,
     }
 }
 
@@ -125,6 +142,8 @@ pub enum SnapshotError {
     Store(String),
     #[error("no metadata is stored for this tree yet and upstream is unreachable")]
     Unavailable,
+    #[error("the offered metadata is not newer than the metadata in service")]
+    NotNewer,
 }
 
 impl SnapshotError {
@@ -142,6 +161,9 @@ pub struct Snapshots {
     /// Trees whose last refresh failed, and when: not retried within the freshness window.
     failed: Mutex<HashMap<String, (Instant, SnapshotError)>>,
     stale_warned: Mutex<HashSet<String>>,
+    /// Whether a snapshot may be taken from another node when upstream cannot be reached:
+    /// on a site with a key, or a keyless one that said it trusts its LAN (`[node] trust_lan`).
+    from_site: bool,
 }
 
 impl Snapshots {
@@ -150,6 +172,7 @@ impl Snapshots {
         fetcher: Arc<Fetcher>,
         stats: Arc<Stats>,
         cfg: MetadataConfig,
+        from_site: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -159,6 +182,7 @@ impl Snapshots {
             locks: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             stale_warned: Mutex::new(HashSet::new()),
+            from_site,
         })
     }
 
@@ -206,18 +230,11 @@ impl Snapshots {
         self.current_with(repo, tree, true).await
     }
 
-    /// The snapshot to give a peer that asked: refreshed from upstream by this node itself when
-    /// due (never from another peer), waiting for a running refresh only briefly.
-    pub async fn current_for_peer(
-        self: &Arc<Self>,
-        repo: &str,
-        tree: &str,
-    ) -> Result<Snapshot, SnapshotError> {
-        let key = format!("{repo}/{tree}");
-        match tokio::time::timeout(REFRESH_WAIT * 2, self.current_with(repo, tree, false)).await {
-            Ok(r) => r,
-            Err(_) => self.load(&key)?.ok_or(SnapshotError::Unavailable),
-        }
+    /// The snapshot in service, as it is, for a peer that asked (it asks only when it cannot
+    /// reach upstream itself): no refresh, no waiting, and never another peer's.
+    pub fn in_service(&self, repo: &str, tree: &str) -> Result<Snapshot, SnapshotError> {
+        self.load(&format!("{repo}/{tree}"))?
+            .ok_or(SnapshotError::Unavailable)
     }
 
     async fn current_with(
@@ -354,54 +371,70 @@ impl Snapshots {
         {
             return Ok(());
         }
-        self.refresh(repo, tree, current, site).await?;
-        if let Ok(mut f) = self.failed.lock() {
-            f.remove(&key);
+        match self.refresh(repo, tree, current, site).await? {
+            Refreshed::Upstream => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.remove(&key);
+                }
+                if self.stale_warned.lock().is_ok_and(|mut w| w.remove(&key)) {
+                    tracing::info!(repo, tree, "metadata confirmed by upstream again");
+                }
+                Ok(())
+            }
+            // Still not confirmed upstream: the failure's back-off stands.
+            Refreshed::Elsewhere { why } => Err(why),
         }
-        if self.stale_warned.lock().is_ok_and(|mut w| w.remove(&key)) {
-            tracing::info!(repo, tree, "metadata confirmed by upstream again");
-        }
-        Ok(())
     }
 
+    /// Asks this node's own upstream first, always. Only when it cannot be asked may a newer
+    /// snapshot come from a mounted bundle or, on a trusted site, from another node.
     async fn refresh(
         &self,
         repo: &str,
         tree: &str,
         current: Option<Snapshot>,
         site: bool,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<Refreshed, SnapshotError> {
         let key = format!("{repo}/{tree}");
-        let got = match self.ask_site(repo, tree, current.as_ref(), site).await {
-            Some(g) => g,
-            None => match self.ask_upstream(repo, tree, current.as_ref()).await {
-                Ok(g) => g,
-                // No upstream: a mounted bundle may carry newer metadata.
-                Err(e) => match self.ask_seed(repo, tree, current.as_ref()).await {
-                    Some(g) => g,
-                    None => return Err(e),
-                },
-            },
-        };
-        match got {
-            Obtained::Same {
+        let why = match self.ask_upstream(repo, tree, current.as_ref()).await {
+            Ok(Obtained::Same {
                 validators,
                 checked_at,
-            } => self.confirm(&key, current, validators, checked_at).await,
-            Obtained::New(new) => self.switch_in(repo, tree, current, new).await,
+            }) => {
+                self.confirm(&key, current, validators, checked_at).await?;
+                return Ok(Refreshed::Upstream);
+            }
+            Ok(Obtained::New(new)) => {
+                self.switch_in(repo, tree, current, new).await?;
+                return Ok(Refreshed::Upstream);
+            }
+            // Upstream says the tree does not exist: nobody else's copy changes that.
+            Err(e) if e.is_not_found() => return Err(e),
+            Err(e) => e,
+        };
+        let new = match self.ask_seed(repo, tree, current.as_ref()).await {
+            Some(n) => Some(n),
+            None if site && self.from_site => self.ask_site(repo, tree, current.as_ref()).await,
+            None => None,
+        };
+        match new {
+            Some(new) => {
+                self.switch_in(repo, tree, current, new).await?;
+                Ok(Refreshed::Elsewhere { why })
+            }
+            None => Err(why),
         }
     }
 
-    /// Puts a snapshot brought in by other means (a sneakernet bundle) in service, if it is
-    /// newer than the one in service. Every file it names must be stored already (or be
-    /// fetchable); otherwise nothing changes. Returns whether it was switched in.
+    /// Puts a snapshot brought in by other means (a sneakernet bundle) in service, if the
+    /// revision in its repomd.xml is newer than the one in service. Every file it names must be
+    /// stored already (or be fetchable); otherwise nothing changes. Returns whether it was
+    /// switched in.
     pub async fn adopt(
         &self,
         repo: &str,
         tree: &str,
         new: NewSnapshot,
-        revision: &str,
-        fetched_at: u64,
     ) -> Result<bool, SnapshotError> {
         let key = format!("{repo}/{tree}");
         let lock = self.tree_lock(&key)?;
@@ -409,12 +442,39 @@ impl Snapshots {
         let current = self.load(&key)?;
         if let Some(cur) = &current
             && (cur.repomd == hash::hex(&new.repomd)
-                || !peer_is_newer(&cur.revision, cur.fetched_at, revision, fetched_at))
+                || !self.replaces(Some(cur), &new.repomd).unwrap_or(false))
         {
             return Ok(false);
         }
         self.switch_in(repo, tree, current, new).await?;
         Ok(true)
+    }
+
+    /// The `<revision>` inside a stored repomd.xml.
+    fn revision_of(&self, repomd: &BlobId) -> Result<Option<String>, SnapshotError> {
+        let bytes = std::fs::read(self.store.blob_path(repomd))
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let md =
+            repodata::parse_repomd(&bytes).map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
+        Ok(md.revision)
+    }
+
+    /// Whether stored repomd.xml `offered`, which did not come from this node's upstream, may
+    /// replace `current`: its own revision (not what anyone claims) must be newer.
+    fn replaces(
+        &self,
+        current: Option<&Snapshot>,
+        offered: &BlobId,
+    ) -> Result<bool, SnapshotError> {
+        let Some(cur) = current else {
+            return Ok(true);
+        };
+        let theirs = self.revision_of(offered)?.unwrap_or_default();
+        let ours = match hash::parse_blob_id(&cur.repomd) {
+            Some(id) => self.revision_of(&id)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(revision_is_newer(&ours, &theirs))
     }
 
     /// Stores (or checks) every file `new` names, then switches it in with one commit.
@@ -432,7 +492,18 @@ impl Snapshots {
             etag,
             last_modified,
             checked_at,
+            origin,
         } = new;
+        // Never back: what did not come from our own upstream must be newer by its own revision,
+        // and only our own upstream moves the check time.
+        let checked_at = if origin == Origin::Upstream {
+            checked_at
+        } else {
+            if !self.replaces(current.as_ref(), &repomd)? {
+                return Err(SnapshotError::NotNewer);
+            }
+            current.as_ref().map_or(0, |c| c.checked_at)
+        };
         let bytes = std::fs::read(self.store.blob_path(&repomd))
             .map_err(|e| SnapshotError::Store(e.to_string()))?;
         let md =
@@ -507,13 +578,30 @@ impl Snapshots {
             last_modified,
             files,
             previous,
+            origin,
         };
         batch.put_snapshot(key, snap);
         self.store
             .commit(batch)
             .await
             .map_err(|e| SnapshotError::Store(e.to_string()))?;
-        tracing::info!(repo, tree, revision, "new metadata snapshot in service");
+        match origin {
+            Origin::Upstream => {
+                tracing::info!(repo, tree, revision, "new metadata snapshot in service")
+            }
+            Origin::Site => tracing::warn!(
+                repo,
+                tree,
+                revision,
+                "new metadata snapshot in service from the site, not confirmed upstream: this node cannot reach upstream; it checks again and says stale until upstream confirms"
+            ),
+            Origin::Bundle => tracing::info!(
+                repo,
+                tree,
+                revision,
+                "new metadata snapshot in service from a bundle"
+            ),
+        }
         Ok(())
     }
 
@@ -531,6 +619,7 @@ impl Snapshots {
             ));
         };
         s.checked_at = s.checked_at.max(checked_at);
+        s.origin = Origin::Upstream;
         if let Some((etag, lm)) = validators {
             s.etag = etag;
             s.last_modified = lm;
@@ -608,70 +697,111 @@ impl Snapshots {
             etag: done.etag,
             last_modified: done.last_modified,
             checked_at: now,
+            origin: Origin::Upstream,
         }))
     }
 
-    /// repomd.xml and its companions from the tree's fetcher at the site, when that is another
-    /// node: one upstream check per site. `None` when there is no such peer, or it failed, or
-    /// it holds an older snapshot than this node (then this node asks upstream itself).
+    /// A newer snapshot from another node of the site, for a node that cannot reach upstream
+    /// itself (the caller checks that, and that the site is trusted). Every live peer is asked
+    /// what it holds; offers are tried from the highest claimed revision down, and one is taken
+    /// only when the revision inside the repomd.xml received is newer than ours. Never its
+    /// check time or validators: those were never ours.
     async fn ask_site(
         &self,
         repo: &str,
         tree: &str,
         current: Option<&Snapshot>,
-        site: bool,
-    ) -> Option<Obtained> {
-        let peers = self.fetcher.peers().filter(|_| site)?;
-        let peer = peers.fetcher_for(&format!("snapshot:{repo}/{tree}"))?;
-        let ps = match peers.snapshot(&peer, repo, tree).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::info!(repo, tree, error = %e, "the site's metadata fetcher could not help; asking upstream directly");
-                return None;
-            }
-        };
-        let main = ps.files.iter().find(|f| f.suffix.is_empty())?;
-        if let Some(cur) = current {
-            if cur.repomd == main.blake3 {
-                return Some(Obtained::Same {
-                    validators: Some((ps.etag, ps.last_modified)),
-                    checked_at: ps.checked_at.min(now_secs()),
-                });
-            }
-            if !peer_is_newer(&cur.revision, cur.fetched_at, &ps.revision, ps.fetched_at) {
-                return None;
+    ) -> Option<NewSnapshot> {
+        let peers = self.fetcher.peers()?;
+        let asks = peers
+            .live()
+            .into_iter()
+            .take(MAX_SITE_ASKED)
+            .map(|p| async move {
+                let r = peers.snapshot(&p, repo, tree).await;
+                (p, r)
+            });
+        let ours = current.map(|c| {
+            hash::parse_blob_id(&c.repomd)
+                .and_then(|id| self.revision_of(&id).ok().flatten())
+                .unwrap_or_default()
+        });
+        let mut offers = Vec::new();
+        for (p, r) in futures_util::future::join_all(asks).await {
+            match r {
+                // Claims not newer than ours are not worth a copy.
+                Ok(info)
+                    if ours
+                        .as_ref()
+                        .is_none_or(|o| revision_is_newer(o, &info.revision)) =>
+                {
+                    offers.push((p, info))
+                }
+                Ok(_) => {}
+                Err(e) => peers.note_failure(&p, &e.to_string()),
             }
         }
+        offers.sort_by_key(|(_, i)| std::cmp::Reverse(i.revision.trim().parse::<u64>().ok()));
+        for (peer, info) in offers.into_iter().take(MAX_SITE_TRIES) {
+            match self.take_offer(peers, &peer, &info, current).await {
+                Ok(new) => return Some(new),
+                Err(e) => {
+                    tracing::info!(repo, tree, peer = %peer.id, error = %e, "not taking that node's metadata")
+                }
+            }
+        }
+        None
+    }
+
+    /// Copies one peer's offered snapshot (repomd.xml first) and checks that its repomd.xml
+    /// says the revision the peer claimed and is newer than `current`.
+    async fn take_offer(
+        &self,
+        peers: &Peers,
+        peer: &Peer,
+        info: &wire::SnapshotInfo,
+        current: Option<&Snapshot>,
+    ) -> Result<NewSnapshot, String> {
+        let mut files: Vec<&wire::SnapFile> = info.files.iter().collect();
+        files.sort_by_key(|f| !f.suffix.is_empty());
         let mut repomd = None;
         let mut companions = Vec::new();
-        for f in &ps.files {
+        for f in files {
             let allowed = f.suffix.is_empty() || REPOMD_COMPANIONS.contains(&f.suffix.as_str());
-            let id = hash::parse_blob_id(&f.blake3)?;
-            if !allowed || f.size > MAX_REPOMD {
-                return None;
-            }
-            if let Err(e) = self.copy_from_peer(peers, &peer, id, f.size).await {
-                peers.note_failure(&peer, &e);
-                tracing::info!(repo, tree, error = %e, "could not copy metadata from the site's fetcher; asking upstream directly");
-                return None;
-            }
+            let id = hash::parse_blob_id(&f.blake3).filter(|_| allowed && f.size <= MAX_REPOMD);
+            let Some(id) = id else {
+                return Err(format!("offered an unusable file ({:?})", f.suffix));
+            };
+            self.copy_from_peer(peers, peer, id, f.size).await?;
             if f.suffix.is_empty() {
+                let rev = self.revision_of(&id).map_err(|e| e.to_string())?;
+                if rev.as_deref().map(str::trim) != Some(info.revision.trim()) {
+                    peers.put_aside(peer, "its repomd.xml does not say the revision it claimed");
+                    return Err(format!(
+                        "it claimed revision {:?}; its repomd.xml says {rev:?}",
+                        info.revision
+                    ));
+                }
+                if !self.replaces(current, &id).map_err(|e| e.to_string())? {
+                    return Err("its metadata is not newer than ours".into());
+                }
                 repomd = Some(id);
             } else {
                 companions.push((f.suffix.clone(), f.blake3.clone()));
             }
         }
-        tracing::debug!(repo, tree, peer = %peer.id, revision = %ps.revision, "metadata snapshot taken from the site's fetcher");
-        Some(Obtained::New(NewSnapshot {
-            repomd: repomd?,
+        Ok(NewSnapshot {
+            repomd: repomd.ok_or("the offer names no repomd.xml")?,
             companions,
-            etag: ps.etag,
-            last_modified: ps.last_modified,
-            checked_at: ps.checked_at.min(now_secs()),
-        }))
+            etag: None,
+            last_modified: None,
+            checked_at: current.map_or(0, |c| c.checked_at),
+            origin: Origin::Site,
+        })
     }
 
-    /// Copies a small blob (repomd.xml, a signature) from a peer, checking its BLAKE3.
+    /// Copies a small blob (repomd.xml, a signature) from a peer, checking its BLAKE3, within
+    /// the deadline its size allows ([`peer::transfer_deadline`]).
     async fn copy_from_peer(
         &self,
         peers: &Peers,
@@ -682,18 +812,33 @@ impl Snapshots {
         if self.store.blob_path(&id).exists() {
             return Ok(());
         }
-        let body = peers
-            .get(peer, &ContentRef::Blake3(id), 0)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut bytes = Vec::with_capacity(size as usize);
-        let mut stream = body.stream;
-        while let Some(chunk) = stream.next().await {
-            bytes.extend_from_slice(&chunk?);
-            if bytes.len() as u64 > size {
-                break;
+        let deadline = peer::transfer_deadline(size, peer::HOLDER_MIN_RATE);
+        let copy = async {
+            let body = peers
+                .get(peer, &ContentRef::Blake3(id), 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut bytes = Vec::with_capacity(size.min(MAX_REPOMD) as usize);
+            let mut stream = body.stream;
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk?);
+                if bytes.len() as u64 > size {
+                    break;
+                }
             }
-        }
+            Ok::<_, String>(bytes)
+        };
+        let bytes = match tokio::time::timeout(deadline, copy).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let why = format!(
+                    "sent {size} bytes of metadata slower than {} bytes/s",
+                    peer::HOLDER_MIN_RATE
+                );
+                peers.too_slow(peer, &why);
+                return Err(why);
+            }
+        };
         if blake3::hash(&bytes).as_bytes() != &id {
             peers.put_aside(peer, "metadata file does not match its BLAKE3");
             return Err("metadata file from peer failed verification".into());
@@ -702,29 +847,20 @@ impl Snapshots {
         self.store_small(bytes).await
     }
 
-    /// The tree's snapshot from a mounted bundle (`[seed] dirs`), when upstream cannot be
-    /// asked and the bundle's is newer than ours. Its files are checked against the bundle's
-    /// manifest here, and everything it names against it when switched in.
+    /// A newer snapshot of the tree from a mounted bundle (`[seed] dirs`), when upstream cannot
+    /// be asked. Its files are checked against the bundle's manifest here, its revision when
+    /// switched in, and everything it names against it.
     async fn ask_seed(
         &self,
         repo: &str,
         tree: &str,
         current: Option<&Snapshot>,
-    ) -> Option<Obtained> {
+    ) -> Option<NewSnapshot> {
         let seeds = self.fetcher.seeds()?;
         let (bs, files) = seeds.snapshot(repo, tree)?;
         let (_, main) = files.iter().find(|(x, _)| x.is_empty())?;
-        let checked_at = bs.checked_at.min(now_secs());
-        if let Some(cur) = current {
-            if cur.repomd == hash::hex(&main.blake3) {
-                return Some(Obtained::Same {
-                    validators: None,
-                    checked_at,
-                });
-            }
-            if !peer_is_newer(&cur.revision, cur.fetched_at, &bs.revision, bs.fetched_at) {
-                return None;
-            }
+        if current.is_some_and(|c| c.repomd == hash::hex(&main.blake3)) {
+            return None;
         }
         let mut companions = Vec::new();
         for (suffix, f) in &files {
@@ -740,14 +876,18 @@ impl Snapshots {
                 companions.push((suffix.clone(), hash::hex(&f.blake3)));
             }
         }
+        if !self.replaces(current, &main.blake3).unwrap_or(false) {
+            return None;
+        }
         tracing::info!(repo, tree, revision = %bs.revision, "taking metadata from a seed directory (upstream unreachable)");
-        Some(Obtained::New(NewSnapshot {
+        Some(NewSnapshot {
             repomd: main.blake3,
             companions,
             etag: None,
             last_modified: None,
-            checked_at,
-        }))
+            checked_at: bs.checked_at.min(now_secs()),
+            origin: Origin::Bundle,
+        })
     }
 
     /// Stores a small file (metadata) as a blob.
@@ -886,14 +1026,22 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_snapshot_is_taken_only_when_newer() {
+    fn only_a_strictly_newer_parsed_revision_replaces_ours() {
         // createrepo_c revisions are timestamps: compared as numbers, not text.
-        assert!(peer_is_newer("999", 50, "1000", 10));
-        assert!(!peer_is_newer("1000", 10, "999", 50));
-        // Equal or non-numeric revisions: whichever was switched in later.
-        assert!(peer_is_newer("7", 10, "7", 11));
-        assert!(!peer_is_newer("abc", 11, "abd", 10));
-        assert!(peer_is_newer("abc", 10, "abd", 11));
+        assert!(revision_is_newer("999", "1000"));
+        assert!(!revision_is_newer("1000", "999"), "never back");
+        assert!(!revision_is_newer("1000", "1000"), "equal is not newer");
+        assert!(revision_is_newer(" 1700000000\n", "1700000001"));
+        // What cannot be ordered never replaces anything, whatever else it claims.
+        assert!(!revision_is_newer("abc", "abd"));
+        assert!(!revision_is_newer("1700000000", "abc"));
+        assert!(!revision_is_newer("", "1700000000"), "ours has no revision");
+        assert!(!revision_is_newer("1700000000", ""));
+        assert!(!revision_is_newer("1", "-5"));
+        assert!(
+            !revision_is_newer("1", "99999999999999999999999"),
+            "overflow"
+        );
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub struct Stats {
     pub fetched_for_peers: AtomicU64,
     /// Peer bytes that failed verification (the peer was put aside).
     pub peer_verify_failures: AtomicU64,
-    /// Connections refused either way (other site, site key mismatch).
+    /// Connections refused either way (other site, site key mismatch, too many strangers).
     pub peers_refused: AtomicU64,
+    /// Peer transfers abandoned below the minimum rate (the peer was put aside).
+    pub peer_too_slow: AtomicU64,
 }
 
 impl Stats {

@@ -261,6 +261,34 @@ pub struct Snapshot {
     /// Snapshots replaced by this one: `(replaced_at, files)`, kept for the retention window.
     #[serde(default)]
     pub previous: Vec<(u64, Vec<String>)>,
+    /// Where its repomd.xml came from. Only [`Origin::Upstream`] was confirmed by this node's
+    /// own upstream; `checked_at` is only ever set by that.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// Where a snapshot's repomd.xml came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// This node's own upstream (confirmed at `checked_at`).
+    #[default]
+    Upstream,
+    /// Another node of the site, taken while this node could not reach upstream: not
+    /// confirmed upstream.
+    Site,
+    /// A sneakernet bundle (imported, or a mounted seed directory).
+    Bundle,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Upstream => "upstream",
+            Origin::Site => "site",
+            Origin::Bundle => "bundle",
+        }
+    }
 }
 
 fn alias_key(c: &Checksum) -> Vec<u8> {

@@ -434,6 +434,12 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
             proof: site.proof(&exported, Role::Dialler),
         };
         let mut out = Vec::new();
+        let upstream = lanmirror::config::RepoConfig {
+            name: "test".into(),
+            urls: vec![up.url()],
+            mirrorlists: vec![],
+        }
+        .upstream_id();
         let frames: Vec<Vec<u8>> = vec![
             wire::encode(&hello).unwrap(),
             // A length far over the limit, then nothing.
@@ -447,6 +453,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
             // A path that leaves its repo; an unconfigured repo; a mutable file.
             wire::encode(&wire::Request::Fetch {
                 repo: "test".into(),
+                upstream: upstream.clone(),
                 path: "../../etc/passwd".into(),
                 checksum: None,
                 size: None,
@@ -455,6 +462,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
             .unwrap(),
             wire::encode(&wire::Request::Fetch {
                 repo: "nope".into(),
+                upstream: upstream.clone(),
                 path: "Packages/x.rpm".into(),
                 checksum: None,
                 size: None,
@@ -463,6 +471,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
             .unwrap(),
             wire::encode(&wire::Request::Fetch {
                 repo: "test".into(),
+                upstream: upstream.clone(),
                 path: "repodata/repomd.xml".into(),
                 checksum: None,
                 size: None,

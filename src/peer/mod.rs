@@ -47,6 +47,25 @@ const FETCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `Have` round waits for slow peers.
 const HAVE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Most entries the peer table holds (static, mDNS and incoming together): a LAN full of
+/// spoofed adverts cannot grow it further.
+pub const MAX_PEERS: usize = 64;
+
+/// Slowest pace at which a peer that holds a file may send it: 128 KiB/s (1 Mbit/s), far
+/// below any LAN, so only a broken or hostile peer is slower.
+pub const HOLDER_MIN_RATE: u64 = 128 * 1024;
+/// Slowest pace for the site's fetcher, which streams as its own upstream delivers: 16 KiB/s,
+/// the poorest uplink lanmirror is meant for.
+pub const FETCHER_MIN_RATE: u64 = 16 * 1024;
+/// Time every attempt gets on top of what its size needs (connection, first bytes).
+pub const DEADLINE_SLACK: Duration = Duration::from_secs(15);
+
+/// How long an attempt to take `bytes` from a peer may last at `min_rate` bytes per second:
+/// past it, the peer is too slow and the transfer goes on from the next source. For a body of
+/// unknown length, call it with the bytes received so far: each byte buys time.
+pub fn transfer_deadline(bytes: u64, min_rate: u64) -> Duration {
+    DEADLINE_SLACK + Duration::from_secs(bytes / min_rate.max(1))
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
@@ -141,6 +160,8 @@ struct Entry {
     retry_at: Option<Instant>,
     aside_until: Option<Instant>,
     last_error: Option<String>,
+    /// mDNS said goodbye while the connection was alive: drop the entry when it ends.
+    said_goodbye: bool,
 }
 
 impl Entry {
@@ -158,6 +179,7 @@ impl Entry {
             retry_at: None,
             aside_until: None,
             last_error: None,
+            said_goodbye: false,
         }
     }
 
@@ -213,22 +235,58 @@ pub struct Peers {
     table: Mutex<HashMap<String, Entry>>,
     stats: Arc<Stats>,
     wake: tokio::sync::Notify,
+    /// Repo name → [`crate::config::RepoConfig::upstream_id`], sent with every request that
+    /// names a repo.
+    upstream_ids: HashMap<String, String>,
+    /// When the table was last found full (warned at most once a minute).
+    full_warned: Mutex<Option<Instant>>,
 }
 
-/// Transport settings shared by both directions.
+/// Transport settings for connections this node dials: it asks, the other side answers with
+/// bodies, so the receive windows are large (one stream can fill a gigabit link). The other
+/// side may open no streams and send no datagrams: nothing reaches us that we did not ask for.
 pub fn transport_config(q: &QuicConfig) -> quinn::TransportConfig {
+    let mut t = base_transport(q);
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.max_concurrent_bidi_streams(0u32.into());
+    t
+}
+
+/// Streams an admitted peer may have open on one connection to us.
+pub const ADMITTED_STREAMS: u32 = 64;
+/// Connection-level receive window of an admitted connection to us (requests only).
+const ADMITTED_WINDOW: u32 = 1 << 20;
+
+/// Transport settings for connections to this node. Until admission a stranger gets one
+/// stream and windows just large enough for a hello; `server::connection` widens them once the
+/// site id and key check out. Peers only send requests this way (small frames), so even an
+/// admitted connection keeps small windows.
+pub fn server_transport_config(q: &QuicConfig) -> quinn::TransportConfig {
+    let mut t = base_transport(q);
+    t.stream_receive_window(quinn::VarInt::from_u32(wire::MAX_FRAME as u32 + 4));
+    t.receive_window(quinn::VarInt::from_u32(64 * 1024));
+    t.max_concurrent_bidi_streams(1u32.into());
+    t
+}
+
+/// Raises an admitted connection's limits to what a peer of the site needs.
+pub(crate) fn admit(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::from_u32(ADMITTED_WINDOW));
+    conn.set_max_concurrent_bi_streams(ADMITTED_STREAMS.into());
+}
+
+fn base_transport(q: &QuicConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.enable_segmentation_offload(q.gso);
     t.initial_mtu(q.initial_mtu);
     if !q.mtu_discovery {
         t.mtu_discovery_config(None);
     }
-    // A LAN: large windows so one stream can fill a gigabit link, and quick detection of a
-    // peer that vanished (kill -9, unplugged).
-    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    t.max_concurrent_uni_streams(0u32.into());
+    t.datagram_receive_buffer_size(None);
+    // Quick detection of a peer that vanished (kill -9, unplugged).
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(8)) {
         t.max_idle_timeout(Some(idle));
@@ -263,7 +321,11 @@ impl Peers {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| identity::IdentityError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport.clone());
+        server.transport_config(Arc::new(server_transport_config(&cfg.quic)));
+        // Handshakes waiting to be accepted, and what they may buffer meanwhile, are bounded.
+        server.max_incoming(server::MAX_PENDING);
+        server.incoming_buffer_size(64 * 1024);
+        server.incoming_buffer_size_total(4 << 20);
         let addr = cfg.node.quic_listen;
         let endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| SiteError::Listen { addr, source })?;
@@ -280,11 +342,23 @@ impl Peers {
             table: Mutex::new(HashMap::new()),
             stats,
             wake: tokio::sync::Notify::new(),
+            upstream_ids: cfg
+                .repos
+                .iter()
+                .map(|r| (r.name.clone(), r.upstream_id()))
+                .collect(),
+            full_warned: Mutex::new(None),
         });
         for p in &cfg.discovery.peers {
             peers.add_static(p);
         }
         Ok(peers)
+    }
+
+    /// This node's [`crate::config::RepoConfig::upstream_id`] of `repo` (empty when the repo
+    /// is not configured here, which no peer accepts).
+    pub fn upstream_id(&self, repo: &str) -> String {
+        self.upstream_ids.get(repo).cloned().unwrap_or_default()
     }
 
     pub fn endpoint(&self) -> &quinn::Endpoint {
@@ -306,19 +380,49 @@ impl Peers {
     /// Adds a peer by address ("host:port" of its QUIC port), as `[discovery] peers` does.
     pub fn add_static(&self, target: &str) {
         self.with_table(|t| {
-            t.entry(format!("static:{target}"))
-                .or_insert_with(|| Entry::new(Via::Static, target.to_string()));
+            let key = format!("static:{target}");
+            if !t.contains_key(&key) && self.has_room(t) {
+                t.insert(key, Entry::new(Via::Static, target.to_string()));
+            }
         });
         self.wake.notify_one();
     }
 
-    /// A peer seen by mDNS (repeated and partial events merge by `name`).
+    /// Whether the table may take one more entry; warns (once a minute) when it may not.
+    fn has_room(&self, t: &HashMap<String, Entry>) -> bool {
+        if t.len() < MAX_PEERS {
+            return true;
+        }
+        let warn = self.full_warned.lock().is_ok_and(|mut w| {
+            let due = w.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+            if due {
+                *w = Some(Instant::now());
+            }
+            due
+        });
+        if warn {
+            tracing::warn!(
+                max = MAX_PEERS,
+                "the peer table is full; further nodes are ignored (a LAN flooded with adverts?)"
+            );
+        }
+        false
+    }
+
+    /// A peer seen by mDNS. The advert's addresses replace the entry's (an advert says where
+    /// the node is now, so addresses never pile up).
     pub fn upsert_mdns(&self, name: &str, id: NodeId, addrs: Vec<SocketAddr>, http_port: u16) {
         if id == self.me || addrs.is_empty() {
             return;
         }
         let changed = self.with_table(|t| {
             let key = format!("mdns:{name}");
+            if !t.contains_key(&key)
+                && !t.contains_key(&format!("incoming:{id}"))
+                && !self.has_room(t)
+            {
+                return false;
+            }
             if !t.contains_key(&key) {
                 // It may have dialled us first: its entry, and our connection to it, become
                 // the mDNS one.
@@ -334,22 +438,28 @@ impl Peers {
             let Some(e) = t.get_mut(&key) else {
                 return false;
             };
-            let mut merged = e.addrs.clone();
-            for a in addrs {
-                if !merged.contains(&a) {
-                    merged.push(a);
-                }
-            }
-            let changed = e.advertised != Some(id) || merged != e.addrs;
+            let mut addrs = addrs;
+            addrs.sort();
+            addrs.dedup();
+            addrs.truncate(8);
+            let changed = e.advertised != Some(id) || addrs != e.addrs || e.said_goodbye;
+            e.said_goodbye = false;
             if e.advertised.is_some_and(|old| old != id) {
-                // Another node now answers to this name: forget the old connection.
+                if e.live(Instant::now()).is_some() {
+                    // A live, admitted connection is pinned to the id it proved; an advert
+                    // (which anyone on the LAN can send) does not take it over.
+                    tracing::warn!(name, live = ?e.id, advertised = %id,
+                        "an mDNS advert names another node id for a connected peer; ignored");
+                    return false;
+                }
+                // Another node now answers to this name: forget the old one.
                 e.conn = None;
                 e.id = None;
                 e.failures = 0;
                 e.retry_at = None;
             }
             e.advertised = Some(id);
-            e.addrs = merged;
+            e.addrs = addrs;
             e.http_port = Some(http_port);
             changed
         });
@@ -359,14 +469,23 @@ impl Peers {
         }
     }
 
-    /// A peer mDNS says left (goodbye or expiry).
+    /// A peer mDNS says left (goodbye or expiry). Anyone on the LAN can send a goodbye, so a
+    /// live connection is never closed for one: the entry stays while its connection lives and
+    /// is dropped (not redialled) when it ends. An entry without a live connection goes now.
     pub fn remove_mdns(&self, name: &str) {
-        let gone = self.with_table(|t| t.remove(&format!("mdns:{name}")));
+        let now = Instant::now();
+        let gone = self.with_table(|t| {
+            let key = format!("mdns:{name}");
+            let e = t.get_mut(&key)?;
+            if e.live(now).is_some() {
+                e.said_goodbye = true;
+                tracing::info!(peer = ?e.id, "mDNS says a peer left, but its connection is alive; keeping it while it lasts");
+                return None;
+            }
+            t.remove(&key)
+        });
         if let Some(Some(e)) = gone {
             tracing::info!(peer = ?e.id.or(e.advertised), "peer left the site (mDNS)");
-            if let Some(c) = e.conn {
-                c.close(0u32.into(), b"gone from mDNS");
-            }
         }
     }
 
@@ -383,7 +502,7 @@ impl Peers {
                     || e.target == addr.to_string()
                     || (e.connecting && e.via == Via::Static)
             });
-            if known {
+            if known || !self.has_room(t) {
                 return false;
             }
             let mut e = Entry::new(Via::Incoming, addr.to_string());
@@ -430,10 +549,23 @@ impl Peers {
         Stats::inc(&self.stats.peer_verify_failures);
         tracing::warn!(peer = %peer.id, addr = %peer.conn.remote_address(), reason = why,
             "peer sent bytes that failed verification; not asking it for {} s", ASIDE.as_secs());
+        self.set_aside(peer, format!("sent bad bytes: {why}"));
+    }
+
+    /// A peer sent slower than the minimum rate ([`transfer_deadline`]): leave it out for
+    /// [`ASIDE`] so the transfer (and the next ones) go on from another source.
+    pub fn too_slow(&self, peer: &Peer, why: &str) {
+        Stats::inc(&self.stats.peer_too_slow);
+        tracing::warn!(peer = %peer.id, addr = %peer.conn.remote_address(), reason = why,
+            "peer too slow; going on from the next source and not asking it for {} s", ASIDE.as_secs());
+        self.set_aside(peer, format!("too slow: {why}"));
+    }
+
+    fn set_aside(&self, peer: &Peer, why: String) {
         self.with_table(|t| {
             for e in t.values_mut().filter(|e| e.id == Some(peer.id)) {
                 e.aside_until = Some(Instant::now() + ASIDE);
-                e.last_error = Some(format!("sent bad bytes: {why}"));
+                e.last_error = Some(why.clone());
             }
         });
     }
@@ -492,6 +624,11 @@ impl Peers {
             let now = Instant::now();
             let due: Vec<String> = self
                 .with_table(|t| {
+                    t.retain(|_, e| {
+                        !(e.said_goodbye
+                            && !e.connecting
+                            && e.conn.as_ref().is_none_or(|c| c.close_reason().is_some()))
+                    });
                     t.iter_mut()
                         .filter(|(_, e)| {
                             !e.connecting
@@ -544,7 +681,8 @@ impl Peers {
             e.connecting = false;
             match result {
                 Ok((conn, id, http_port)) => {
-                    if e.advertised.is_none() || via == Via::Static {
+                    // Pinned on first contact (a static peer) or by its advert.
+                    if e.advertised.is_none() {
                         e.advertised = Some(id);
                     }
                     e.id = Some(id);
@@ -623,6 +761,8 @@ impl Peers {
             .or(addrs.first())
             .copied()
             .ok_or_else(|| unreachable("no address".into()))?;
+        // mDNS and dial-back entries pin the advertised id in the handshake; a static peer is
+        // checked after it (below), so its log line can say what changed.
         let pin = if via == Via::Static { None } else { advertised };
         let tls = self
             .identity
@@ -645,6 +785,16 @@ impl Peers {
             return Err(PeerError::Refused(
                 target.into(),
                 "that address is this node itself".into(),
+            ));
+        }
+        if let Some(pinned) = advertised.filter(|p| via == Via::Static && *p != id) {
+            conn.close(1u32.into(), b"node id changed");
+            Stats::inc(&self.stats.peers_refused);
+            return Err(PeerError::Refused(
+                target.into(),
+                format!(
+                    "it now presents node id {id}, but this address was node {pinned} at first contact; if that machine was reinstalled, restart this node to accept its new key"
+                ),
             ));
         }
         let exported = SiteAuth::exported(&conn).map_err(unreachable)?;
@@ -787,6 +937,7 @@ impl Peers {
     ) -> Result<PeerBody, PeerError> {
         let req = Request::Fetch {
             repo: repo.into(),
+            upstream: self.upstream_id(repo),
             path: path.into(),
             checksum: expected.map(|e| ContentRef::Sum(e.checksum.clone()).text()),
             size: expected.and_then(|e| e.size),
@@ -808,6 +959,7 @@ impl Peers {
     ) -> Result<wire::SnapshotInfo, PeerError> {
         let req = Request::Snapshot {
             repo: repo.into(),
+            upstream: self.upstream_id(repo),
             tree: tree.into(),
         };
         match self.ask(peer, &req, ANSWER_TIMEOUT).await?.0 {

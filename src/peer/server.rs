@@ -10,14 +10,16 @@
 //! Every request is checked like an HTTP request (configured repo, a path that stays inside it)
 //! before any I/O; anything malformed gets an error answer on that stream only.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
 use super::wire::{self, ErrorKind, Request, Response};
-use super::{ContentRef, Peers, Role, SiteAuth, identity, read_frame};
+use super::{ContentRef, NodeId, Peers, Role, SiteAuth, identity, read_frame};
 use crate::config::Config;
 use crate::fetch::{Fetcher, Item, Phase};
 use crate::hash::{self, BlobId};
@@ -26,10 +28,27 @@ use crate::snapshot::Snapshots;
 use crate::stats::Stats;
 use crate::store::Store;
 
-/// How long a connecting node has to say hello.
+/// How long a connecting node has for the handshake and for its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Size of the pieces a blob is sent in.
 const CHUNK: usize = 1 << 20;
+/// Connections not admitted yet (handshake or hello under way), at most: in total (also
+/// quinn's queue of handshakes not yet accepted)…
+pub const MAX_PENDING: usize = 32;
+/// …and from one address.
+const MAX_PENDING_PER_ADDR: usize = 4;
+/// Admitted connections one node id may hold to us at once (a node dials one; a restart or
+/// a network change briefly makes two).
+const MAX_CONNS_PER_NODE: usize = 4;
+/// Time an admitted peer has to send its whole request after opening a stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a write to a peer may wait for it to take bytes: a peer that stops reading loses
+/// the stream, not our task and buffers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A refusal is logged at most this often per source address.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Addresses remembered for that.
+const REFUSAL_LOG_MAX: usize = 1024;
 
 /// What the server answers from.
 pub struct Local {
@@ -41,19 +60,128 @@ pub struct Local {
     pub stats: Arc<Stats>,
 }
 
+/// Who is connected or trying to: the caps before and after admission, and when a refusal
+/// was last logged per address.
+#[derive(Default)]
+struct Gate {
+    pending: HashMap<IpAddr, usize>,
+    admitted: HashMap<NodeId, usize>,
+    logged: HashMap<IpAddr, Instant>,
+}
+
+/// A place held in the [`Gate`]: released on drop.
+struct Slot {
+    gate: Arc<Mutex<Gate>>,
+    held: Held,
+}
+
+enum Held {
+    Pending(IpAddr),
+    Admitted(NodeId),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.gate.lock() {
+            match self.held {
+                Held::Pending(ip) => release(&mut g.pending, &ip),
+                Held::Admitted(id) => release(&mut g.admitted, &id),
+            }
+        }
+    }
+}
+
+fn release<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: &K) {
+    if let Some(n) = m.get_mut(k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
+}
+
+/// Whether one more can be let in under `per_key` for this key and `total` overall.
+pub fn room<K: std::hash::Hash + Eq>(
+    m: &HashMap<K, usize>,
+    k: &K,
+    per_key: usize,
+    total: usize,
+) -> bool {
+    m.get(k).copied().unwrap_or(0) < per_key && m.values().sum::<usize>() < total
+}
+
+fn take(gate: &Arc<Mutex<Gate>>, held: Held) -> Option<Slot> {
+    let mut g = gate.lock().ok()?;
+    let ok = match &held {
+        Held::Pending(ip) => {
+            room(&g.pending, ip, MAX_PENDING_PER_ADDR, MAX_PENDING) && {
+                *g.pending.entry(*ip).or_default() += 1;
+                true
+            }
+        }
+        Held::Admitted(id) => {
+            room(&g.admitted, id, MAX_CONNS_PER_NODE, usize::MAX) && {
+                *g.admitted.entry(*id).or_default() += 1;
+                true
+            }
+        }
+    };
+    ok.then(|| Slot {
+        gate: gate.clone(),
+        held,
+    })
+}
+
+/// Logs a refusal at most once a minute per address. `reason` may carry strings the stranger
+/// sent: the caller escapes them.
+fn log_refusal(gate: &Arc<Mutex<Gate>>, ip: IpAddr, peer: Option<NodeId>, reason: &str) {
+    let due = gate.lock().is_ok_and(|mut g| {
+        let now = Instant::now();
+        if g.logged.len() >= REFUSAL_LOG_MAX {
+            g.logged
+                .retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+        }
+        let due = g
+            .logged
+            .get(&ip)
+            .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_EVERY);
+        if due && g.logged.len() < REFUSAL_LOG_MAX {
+            g.logged.insert(ip, now);
+        }
+        due
+    });
+    if due {
+        tracing::warn!(addr = %ip, peer = ?peer, %reason,
+            "refused a node that asked to join the site (logged once a minute per address)");
+    }
+}
+
 /// Accepts connections until `stop` turns true.
 pub async fn serve(local: Arc<Local>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let endpoint = local.peers.endpoint().clone();
+    let gate = Arc::new(Mutex::new(Gate::default()));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
             _ = stop.changed() => break,
         };
         let Some(incoming) = incoming else { break };
-        let local = local.clone();
+        let remote = incoming.remote_address();
+        let Some(slot) = take(&gate, Held::Pending(remote.ip())) else {
+            // Too many handshakes at once (from this address, or in all): no state kept.
+            Stats::inc(&local.stats.peers_refused);
+            log_refusal(
+                &gate,
+                remote.ip(),
+                None,
+                "too many connections waiting for admission",
+            );
+            incoming.refuse();
+            continue;
+        };
+        let (local, gate) = (local.clone(), gate.clone());
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            if let Err(e) = connection(local, incoming).await {
+            if let Err(e) = connection(local, gate, incoming, slot).await {
                 tracing::debug!(%remote, error = %e, "peer connection ended");
             }
         });
@@ -61,15 +189,24 @@ pub async fn serve(local: Arc<Local>, mut stop: tokio::sync::watch::Receiver<boo
     endpoint.close(0u32.into(), b"node stopping");
 }
 
-async fn connection(local: Arc<Local>, incoming: quinn::Incoming) -> Result<(), String> {
-    let conn = incoming.await.map_err(|e| e.to_string())?;
+async fn connection(
+    local: Arc<Local>,
+    gate: Arc<Mutex<Gate>>,
+    incoming: quinn::Incoming,
+    pending: Slot,
+) -> Result<(), String> {
+    let conn = tokio::time::timeout(HELLO_TIMEOUT, incoming)
+        .await
+        .map_err(|_| "no handshake in time".to_string())?
+        .map_err(|e| e.to_string())?;
     let remote = conn.remote_address();
     let id = identity::peer_id(&conn).ok_or("no client certificate")?;
-    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| "no hello in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<Request>(&mut recv))
+    let hello = async {
+        let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let hello = read_frame::<Request>(&mut recv).await?;
+        Ok::<_, String>((send, hello))
+    };
+    let (mut send, hello) = tokio::time::timeout(HELLO_TIMEOUT, hello)
         .await
         .map_err(|_| "no hello in time".to_string())??;
     let Request::Hello {
@@ -79,35 +216,42 @@ async fn connection(local: Arc<Local>, incoming: quinn::Incoming) -> Result<(), 
         ..
     } = hello
     else {
+        conn.close(1u32.into(), b"first request was not a hello");
         return Err("first request was not a hello".into());
     };
     let site: &SiteAuth = &local.peers.site;
     let exported = SiteAuth::exported(&conn)?;
     let verdict = if site_id != site.site_id {
         Err(format!(
-            "this node belongs to another site (site id {}, yours {site_id}): check [node] site",
+            "this node belongs to another site (site id {}, yours {site_id:?}): check [node] site",
             site.site_id
         ))
     } else {
         site.check(&exported, Role::Dialler, proof.as_deref())
             .map_err(|why| format!("site key check failed: {why}"))
     };
-    if let Err(reason) = verdict {
-        Stats::inc(&local.stats.peers_refused);
-        tracing::warn!(peer = %id, addr = %remote, %reason, "refused a node that asked to join the site");
-        let _ = send_frame(
-            &mut send,
-            &Response::Refused {
-                reason: reason.clone(),
-            },
-        )
-        .await;
-        let _ = send.finish();
-        // Give the refusal a moment to arrive before the connection goes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        conn.close(1u32.into(), reason.as_bytes());
-        return Ok(());
-    }
+    let admitted = match verdict {
+        Ok(()) => take(&gate, Held::Admitted(id)).ok_or_else(|| {
+            format!("node {id} already has {MAX_CONNS_PER_NODE} connections to this node")
+        }),
+        Err(e) => Err(e),
+    };
+    let _admitted = match admitted {
+        Ok(slot) => slot,
+        Err(reason) => {
+            Stats::inc(&local.stats.peers_refused);
+            log_refusal(&gate, remote.ip(), Some(id), &reason);
+            let answer = Response::Refused { reason };
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, send_frame(&mut send, &answer)).await;
+            let _ = send.finish();
+            // Give the refusal a moment to arrive before the connection goes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            conn.close(1u32.into(), b"refused");
+            return Ok(());
+        }
+    };
+    drop(pending);
+    super::admit(&conn);
     send_frame(
         &mut send,
         &Response::Welcome {
@@ -122,6 +266,7 @@ async fn connection(local: Arc<Local>, incoming: quinn::Incoming) -> Result<(), 
         .peers
         .learn(id, std::net::SocketAddr::new(remote.ip(), quic_port));
     loop {
+        // At most `ADMITTED_STREAMS` are open at once (the transport's stream limit).
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => return Err(e.to_string()),
@@ -137,7 +282,23 @@ async fn connection(local: Arc<Local>, incoming: quinn::Incoming) -> Result<(), 
 
 async fn send_frame(send: &mut quinn::SendStream, r: &Response) -> Result<(), String> {
     let f = wire::encode(r).map_err(|e| e.to_string())?;
-    send.write_all(&f).await.map_err(|e| e.to_string())
+    match tokio::time::timeout(WRITE_TIMEOUT, send.write_all(&f)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(stalled(send)),
+    }
+}
+
+/// Sends a piece of a body, giving up when the peer takes nothing for [`WRITE_TIMEOUT`].
+async fn send_chunk(send: &mut quinn::SendStream, b: bytes::Bytes) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, send.write_chunk(b)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(stalled(send)),
+    }
+}
+
+fn stalled(send: &mut quinn::SendStream) -> String {
+    let _ = send.reset(2u32.into());
+    format!("the peer read nothing for {} s", WRITE_TIMEOUT.as_secs())
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -152,9 +313,16 @@ async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), String> {
-    let req = match read_frame::<Request>(&mut recv).await {
-        Ok(r) => r,
-        Err(e) => {
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut recv)).await {
+        Ok(Ok(r)) => r,
+        Err(_) => {
+            let _ = send.reset(2u32.into());
+            return Err(format!(
+                "no whole request within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(Err(e)) => {
             let _ = send_frame(&mut send, &error(ErrorKind::BadRequest, e.clone())).await;
             let _ = send.finish();
             return Err(e);
@@ -163,10 +331,20 @@ async fn stream(
     Stats::inc(&local.stats.peer_requests_served);
     let answer = match req {
         Request::Hello { .. } => error(ErrorKind::BadRequest, "already admitted"),
-        Request::Have { checksums } => Response::Holding {
-            have: checksums.iter().map(|c| local.holds(c).is_some()).collect(),
-        },
-        Request::Get { checksum, offset } => match local.holds(&checksum) {
+        Request::Have { checksums } => {
+            // Up to `MAX_HAVE` index reads: on the blocking pool, not an async worker.
+            let store = local.store.clone();
+            let have = tokio::task::spawn_blocking(move || {
+                checksums
+                    .iter()
+                    .map(|c| holds(&store, c).is_some())
+                    .collect()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            Response::Holding { have }
+        }
+        Request::Get { checksum, offset } => match holds(&local.store, &checksum) {
             Some(blob) => {
                 let blake3 = hash::hex(&blob);
                 return local
@@ -177,29 +355,60 @@ async fn stream(
         },
         Request::Fetch {
             repo,
+            upstream,
             path,
             checksum,
             size,
             offset,
-        } => return local.fetch(send, repo, path, checksum, size, offset).await,
-        Request::Snapshot { repo, tree } => local.snapshot(&repo, &tree).await,
+        } => match local.same_upstream(&repo, &upstream) {
+            Ok(()) => return local.fetch(send, repo, path, checksum, size, offset).await,
+            Err(answer) => answer,
+        },
+        Request::Snapshot {
+            repo,
+            upstream,
+            tree,
+        } => match local.same_upstream(&repo, &upstream) {
+            Ok(()) => local.snapshot(&repo, &tree),
+            Err(answer) => answer,
+        },
     };
     send_frame(&mut send, &answer).await?;
     let _ = send.finish();
     Ok(())
 }
 
+/// The stored blob a content reference names, if its file is there. Blocking (index reads).
+fn holds(store: &Store, text: &str) -> Option<BlobId> {
+    let blob = match ContentRef::parse(text)? {
+        ContentRef::Blake3(b) => {
+            store.blob_meta(&b).ok()??;
+            b
+        }
+        ContentRef::Sum(c) => store.blob_by_checksum(&c).ok()??,
+    };
+    store.blob_path(&blob).exists().then_some(blob)
+}
+
 impl Local {
-    /// The stored blob a content reference names, if its file is there.
-    fn holds(&self, text: &str) -> Option<BlobId> {
-        let blob = match ContentRef::parse(text)? {
-            ContentRef::Blake3(b) => {
-                self.store.blob_meta(&b).ok()??;
-                b
-            }
-            ContentRef::Sum(c) => self.store.blob_by_checksum(&c).ok()??,
-        };
-        self.store.blob_path(&blob).exists().then_some(blob)
+    /// Whether the asker's repo of this name takes its files from the same upstream URLs as
+    /// ours (else it is another repo that happens to share the name), or the answer to give.
+    fn same_upstream(&self, repo: &str, theirs: &str) -> Result<(), Response> {
+        if self.cfg.repo(repo).is_none() {
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("repo {repo:?} is not configured here"),
+            ));
+        }
+        if self.peers.upstream_id(repo) != theirs {
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!(
+                    "repo {repo:?} here has other upstream URLs (nodes share a repo only when its [[repo]] urls and mirrorlists agree)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Opens a held blob: its file and size, or the error answer to give.
@@ -264,9 +473,7 @@ impl Local {
             };
             at += buf.len() as u64;
             Stats::add(&self.stats.bytes_to_peers, buf.len() as u64);
-            send.write_chunk(buf.into())
-                .await
-                .map_err(|e| e.to_string())?;
+            send_chunk(&mut send, buf.into()).await?;
         }
         let _ = send.finish();
         self.store.touch(blob);
@@ -356,7 +563,7 @@ impl Local {
             match chunk {
                 Ok(b) => {
                     Stats::add(&self.stats.bytes_to_peers, b.len() as u64);
-                    send.write_chunk(b).await.map_err(|e| e.to_string())?;
+                    send_chunk(&mut send, b).await?;
                 }
                 Err(e) => {
                     // Never a clean end for a failed transfer: the asker must not keep it.
@@ -369,27 +576,16 @@ impl Local {
         Ok(())
     }
 
-    async fn snapshot(&self, repo: &str, tree: &str) -> Response {
-        if self.cfg.repo(repo).is_none() {
-            return error(
-                ErrorKind::BadRequest,
-                format!("repo {repo:?} is not configured here"),
-            );
-        }
+    /// `Snapshot`: the snapshot in service as it is (no refresh for the asker: it asks only
+    /// when it cannot reach upstream itself), named by BLAKE3 and size.
+    fn snapshot(&self, repo: &str, tree: &str) -> Response {
         match RepoPath::in_tree(tree, "repodata/repomd.xml").map(|p| p.kind()) {
             Ok(PathKind::RepoMd { tree: t }) if t == tree => {}
             _ => return error(ErrorKind::BadRequest, "not a repository tree"),
         }
-        let s = match self.snapshots.current_for_peer(repo, tree).await {
+        let s = match self.snapshots.in_service(repo, tree) {
             Ok(s) => s,
-            Err(e) => {
-                let kind = if e.is_not_found() {
-                    ErrorKind::NotFound
-                } else {
-                    ErrorKind::Unavailable
-                };
-                return error(kind, e.to_string());
-            }
+            Err(e) => return error(ErrorKind::NotFound, e.to_string()),
         };
         let mut files = Vec::new();
         for (suffix, b) in std::iter::once(("", &s.repomd))
@@ -409,10 +605,6 @@ impl Local {
         }
         Response::Snapshot(wire::SnapshotInfo {
             revision: s.revision,
-            fetched_at: s.fetched_at,
-            checked_at: s.checked_at,
-            etag: s.etag,
-            last_modified: s.last_modified,
             files,
         })
     }

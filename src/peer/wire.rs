@@ -16,9 +16,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Protocol version, carried in ALPN and in mDNS TXT records.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The TLS ALPN protocol name of this version.
-pub const ALPN: &[u8] = b"lanmirror/1";
+pub const ALPN: &[u8] = b"lanmirror/2";
 /// Largest frame accepted, in bytes (after the 4-byte length).
 pub const MAX_FRAME: usize = 512 * 1024;
 /// Most checksums one `Have` may ask about.
@@ -43,15 +43,23 @@ pub enum Request {
     /// A stored blob by checksum, from byte `offset`.
     Get { checksum: String, offset: u64 },
     /// Ask the item's fetcher to obtain `repo/path` (from its store or upstream) and stream it.
+    /// `upstream` is the asker's [`crate::config::RepoConfig::upstream_id`] of the repo: a
+    /// node refuses to fetch for a repo of the same name with other upstream URLs.
     Fetch {
         repo: String,
+        upstream: String,
         path: String,
         checksum: Option<String>,
         size: Option<u64>,
         offset: u64,
     },
-    /// The peer's current metadata snapshot of a repository tree.
-    Snapshot { repo: String, tree: String },
+    /// The peer's current metadata snapshot of a repository tree (asked only by a node that
+    /// cannot reach upstream itself). `upstream` as for [`Request::Fetch`].
+    Snapshot {
+        repo: String,
+        upstream: String,
+        tree: String,
+    },
 }
 
 /// Why a request could not be answered.
@@ -75,15 +83,14 @@ pub struct SnapFile {
     pub size: u64,
 }
 
-/// A tree's metadata snapshot as one node tells another.
+/// A tree's metadata snapshot as one node tells another: only what names the bytes. No check
+/// time and no upstream validators travel: freshness is each node's own. `revision` is what
+/// the peer *claims* (used to order offers); the asker trusts only the revision parsed from
+/// the repomd.xml it receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotInfo {
     pub revision: String,
-    pub fetched_at: u64,
-    pub checked_at: u64,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
     pub files: Vec<SnapFile>,
 }
 
@@ -209,16 +216,23 @@ impl Checked for Request {
             Request::Get { checksum, .. } => field(checksum, "checksum"),
             Request::Fetch {
                 repo,
+                upstream,
                 path,
                 checksum,
                 ..
             } => {
                 field(repo, "repo")?;
+                field(upstream, "upstream")?;
                 field(path, "path")?;
                 field(checksum.as_deref().unwrap_or(""), "checksum")
             }
-            Request::Snapshot { repo, tree } => {
+            Request::Snapshot {
+                repo,
+                upstream,
+                tree,
+            } => {
                 field(repo, "repo")?;
+                field(upstream, "upstream")?;
                 field(tree, "tree")
             }
         }
@@ -238,16 +252,8 @@ impl Checked for Response {
             }
             Response::Holding { .. } | Response::Stream { .. } => Ok(()),
             Response::Blob { blake3, .. } => field(blake3, "blake3"),
-            Response::Snapshot(SnapshotInfo {
-                revision,
-                etag,
-                last_modified,
-                files,
-                ..
-            }) => {
+            Response::Snapshot(SnapshotInfo { revision, files }) => {
                 field(revision, "revision")?;
-                field(etag.as_deref().unwrap_or(""), "etag")?;
-                field(last_modified.as_deref().unwrap_or(""), "last_modified")?;
                 if files.len() > 16 {
                     return Err(WireError::OutOfRange("too many snapshot files"));
                 }
@@ -291,6 +297,7 @@ mod tests {
         });
         roundtrip(Request::Fetch {
             repo: "test".into(),
+            upstream: "0123456789abcdef".into(),
             path: "Packages/a.rpm".into(),
             checksum: None,
             size: Some(3),
@@ -298,6 +305,7 @@ mod tests {
         });
         roundtrip(Request::Snapshot {
             repo: "r".into(),
+            upstream: "0123456789abcdef".into(),
             tree: "9/os".into(),
         });
         roundtrip(Response::Holding {
@@ -306,10 +314,6 @@ mod tests {
         roundtrip(Response::Stream { total: None });
         roundtrip(Response::Snapshot(SnapshotInfo {
             revision: "1".into(),
-            fetched_at: 1,
-            checked_at: 2,
-            etag: None,
-            last_modified: Some("x".into()),
             files: vec![SnapFile {
                 suffix: String::new(),
                 blake3: "aa".into(),
@@ -374,6 +378,7 @@ mod tests {
         // A cheap deterministic fuzz: xorshift bytes, and mutations of valid frames.
         let valid = encode(&Request::Fetch {
             repo: "r".into(),
+            upstream: "u".into(),
             path: "p".into(),
             checksum: Some("sha256:ab".into()),
             size: None,
