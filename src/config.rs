@@ -403,6 +403,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repos_upstream_id_is_its_url_set() {
+        let r = |urls: &[&str], lists: &[&str]| RepoConfig {
+            name: "x".into(),
+            urls: urls.iter().map(|s| s.to_string()).collect(),
+            mirrorlists: lists.iter().map(|s| s.to_string()).collect(),
+        };
+        let a = r(&["https://a/x/", "https://b/x/"], &[]).upstream_id();
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, r(&["https://b/x", "https://a/x/"], &[]).upstream_id());
+        assert_ne!(a, r(&["https://a/x/"], &[]).upstream_id());
+        assert_ne!(a, r(&["https://a/y/", "https://b/x/"], &[]).upstream_id());
+        // A URL is not a mirrorlist.
+        assert_ne!(
+            r(&["https://m/"], &[]).upstream_id(),
+            r(&[], &["https://m/"]).upstream_id()
+        );
+    }
+
+    #[test]
     fn embedded_default_is_valid_and_names_almalinux_and_epel() {
         let c = Config::load(None).unwrap();
         assert!(c.repo("almalinux").is_some());

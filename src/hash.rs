@@ -173,6 +173,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn md5_is_never_a_check() {
+        assert!(!can_verify(ChecksumAlgo::Md5));
+        for a in [
+            ChecksumAlgo::Sha1,
+            ChecksumAlgo::Sha224,
+            ChecksumAlgo::Sha256,
+            ChecksumAlgo::Sha384,
+            ChecksumAlgo::Sha512,
+        ] {
+            assert!(can_verify(a), "{a:?}");
+            // Every algorithm called verifiable is one the hasher really computes.
+            let mut h = MultiHasher::new(Some(a));
+            h.update(b"x");
+            assert!(h.finish().get(a).is_some(), "{a:?}");
+        }
+    }
+
+    #[test]
     fn known_vectors() {
         let mut h = MultiHasher::new(Some(ChecksumAlgo::Sha512));
         h.update(b"ab");

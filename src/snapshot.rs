@@ -220,16 +220,6 @@ impl Snapshots {
         }))
     }
 
-    /// The snapshot to serve for a tree, refreshing it first when it is due and upstream is
-    /// worth asking. Errors only when there is no snapshot at all.
-    pub async fn current(
-        self: &Arc<Self>,
-        repo: &str,
-        tree: &str,
-    ) -> Result<Snapshot, SnapshotError> {
-        self.current_with(repo, tree, true).await
-    }
-
     /// The snapshot in service, as it is, for a peer that asked (it asks only when it cannot
     /// reach upstream itself): no refresh, no waiting, and never another peer's.
     pub fn in_service(&self, repo: &str, tree: &str) -> Result<Snapshot, SnapshotError> {
@@ -237,11 +227,12 @@ impl Snapshots {
             .ok_or(SnapshotError::Unavailable)
     }
 
-    async fn current_with(
+    /// The snapshot to serve for a tree, refreshing it first when it is due and upstream is
+    /// worth asking. Errors only when there is no snapshot at all.
+    pub async fn current(
         self: &Arc<Self>,
         repo: &str,
         tree: &str,
-        site: bool,
     ) -> Result<Snapshot, SnapshotError> {
         let key = format!("{repo}/{tree}");
         let snap = self.load(&key)?;
@@ -251,7 +242,7 @@ impl Snapshots {
         if !due {
             return snap.ok_or_else(|| SnapshotError::Store("snapshot vanished".into()));
         }
-        let site_up = site && self.fetcher.peers().is_some_and(|p| !p.live().is_empty());
+        let site_up = self.from_site && self.fetcher.peers().is_some_and(|p| !p.live().is_empty());
         let seeded = || {
             self.fetcher
                 .seeds()
@@ -267,7 +258,7 @@ impl Snapshots {
                 let me = self.clone();
                 let (repo2, tree2, key2) = (repo.to_string(), tree.to_string(), key.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = me.refresh_locked(&repo2, &tree2, site).await {
+                    if let Err(e) = me.refresh_locked(&repo2, &tree2).await {
                         me.note_failure(&key2, e);
                     }
                     drop(guard);
@@ -357,12 +348,7 @@ impl Snapshots {
     }
 
     /// Refreshes a tree; the caller holds its lock.
-    async fn refresh_locked(
-        &self,
-        repo: &str,
-        tree: &str,
-        site: bool,
-    ) -> Result<(), SnapshotError> {
+    async fn refresh_locked(&self, repo: &str, tree: &str) -> Result<(), SnapshotError> {
         let key = format!("{repo}/{tree}");
         // Someone else may have refreshed just before.
         let current = self.load(&key)?;
@@ -371,7 +357,7 @@ impl Snapshots {
         {
             return Ok(());
         }
-        match self.refresh(repo, tree, current, site).await? {
+        match self.refresh(repo, tree, current).await? {
             Refreshed::Upstream => {
                 if let Ok(mut f) = self.failed.lock() {
                     f.remove(&key);
@@ -393,7 +379,6 @@ impl Snapshots {
         repo: &str,
         tree: &str,
         current: Option<Snapshot>,
-        site: bool,
     ) -> Result<Refreshed, SnapshotError> {
         let key = format!("{repo}/{tree}");
         let why = match self.ask_upstream(repo, tree, current.as_ref()).await {
@@ -414,7 +399,7 @@ impl Snapshots {
         };
         let new = match self.ask_seed(repo, tree, current.as_ref()).await {
             Some(n) => Some(n),
-            None if site && self.from_site => self.ask_site(repo, tree, current.as_ref()).await,
+            None if self.from_site => self.ask_site(repo, tree, current.as_ref()).await,
             None => None,
         };
         match new {

@@ -570,7 +570,7 @@ fn a_node_with_the_wrong_site_key_is_refused() {
     assert_eq!(site.up.count(&pkg.file_name), 1);
 
     let key_b = site.path("site-key-b");
-    fs::write(&key_b, "site key B: fedcba9876543210fedcba9876543210").unwrap();
+    write_private(&key_b, "site key B: fedcba9876543210fedcba9876543210");
     let n4 = site.add_node(|o| o.site_key_file = Some(key_b.clone()));
     let id4 = node_id(&site.status(n4));
     let all = [0, 1, 2, n4];

@@ -83,13 +83,34 @@ fn repomd_count(up: &Upstream) -> usize {
 
 fn write_key(dir: &Path, name: &str, secret: &str) -> std::path::PathBuf {
     let p = dir.join(name);
-    std::fs::write(&p, secret).unwrap();
+    write_private(&p, secret);
     p
 }
 
+/// Asserts that no file repomd.xml names (primary, filelists, …) went upstream twice: the site
+/// shares them, while each node checks repomd.xml itself.
+fn metadata_files_went_upstream_once(up: &Upstream) {
+    let mut seen = std::collections::HashSet::new();
+    for r in up.requests() {
+        if r.path.contains("/repodata/") && !r.path.contains("/repomd.xml") {
+            assert!(
+                seen.insert(r.path.clone()),
+                "{} twice: {:?}",
+                r.path,
+                up.requests()
+            );
+        }
+    }
+    assert!(
+        !seen.is_empty(),
+        "no metadata file requested: {:?}",
+        up.requests()
+    );
+}
+
 /// A package one node fetched is served to another node's dnf client from the site, with no
-/// new upstream request; the second node's metadata came from the site too (one repomd.xml
-/// upstream for the whole site).
+/// new upstream request; the second node checked repomd.xml upstream itself, and took the
+/// files it names from the site.
 #[test]
 fn second_node_gets_packages_and_metadata_from_the_site() {
     let dir = temp();
@@ -110,6 +131,7 @@ fn second_node_gets_packages_and_metadata_from_the_site() {
         .assert_success();
     assert_eq!(up.count(".rpm"), 2, "{:?}", up.requests());
     let repomd_before = repomd_count(&up);
+    let log_before = up.requests();
     up.clear_log();
 
     let cb = Dnf::new(&dir.path().join("cb"), &b.repo_url("test"));
@@ -133,12 +155,19 @@ fn second_node_gets_packages_and_metadata_from_the_site() {
     );
     assert!(both("bytes_from_peers") >= sizes, "{}", b.status_json());
     assert!(both("bytes_to_peers") >= sizes, "{}", a.status_json());
-    // Metadata: B's snapshot came from the site (A or B fetched repomd.xml upstream once, and
-    // B, if it is not the tree's fetcher, took it over QUIC).
+    // Metadata: each node asked upstream for repomd.xml itself (freshness is each node's
+    // own); the files it names came from upstream once for the site.
     assert_eq!(
         repomd_before + repomd_count(&up),
-        1,
-        "repomd.xml went upstream more than once for the site: {:?}",
+        2,
+        "one repomd.xml check per node: {log_before:?} {:?}",
+        up.requests()
+    );
+    assert!(
+        !up.requests()
+            .iter()
+            .any(|r| r.path.contains("/repodata/") && !r.path.contains("/repomd.xml")),
+        "B fetched metadata files upstream that A holds: {:?}",
         up.requests()
     );
     // B stored what it served: it can serve alone now.
@@ -151,7 +180,7 @@ fn second_node_gets_packages_and_metadata_from_the_site() {
 }
 
 /// Three cold nodes whose clients all ask at the same moment: exactly one upstream download
-/// per package for the whole site, and one repomd.xml check.
+/// per package and per metadata file for the whole site, and one repomd.xml check per node.
 #[test]
 fn three_cold_nodes_download_each_package_once() {
     let dir = temp();
@@ -168,10 +197,11 @@ fn three_cold_nodes_download_each_package_once() {
     site.load_metadata();
     assert_eq!(
         repomd_count(&up),
-        1,
-        "the site checked metadata more than once: {:?}",
+        3,
+        "each node checks repomd.xml itself, once: {:?}",
         up.requests()
     );
+    metadata_files_went_upstream_once(&up);
     up.throttle(Some(4 << 20));
     let pkgs = ["lc-a", "lc-b"];
     std::thread::scope(|s| {
@@ -222,7 +252,11 @@ fn a_node_with_the_wrong_site_key_is_refused() {
     );
     let up = Upstream::start(repo.dir());
     let good = write_key(dir.path(), "good.key", "0123456789abcdef-the-site-secret\n");
-    let bad = write_key(dir.path(), "bad.key", "some-other-secret-0123456789\n");
+    let bad = write_key(
+        dir.path(),
+        "bad.key",
+        "some-other-secret-0123456789abcdef\n",
+    );
     let site = LoopSite::start(3, &up, |i, o| {
         o.site_key_file = Some(if i == 2 { bad.clone() } else { good.clone() });
     });

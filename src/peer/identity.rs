@@ -106,9 +106,13 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     #[error(
-        "site key file {path} holds {len} bytes; use at least 16 (e.g. `openssl rand -hex 32`)"
+        "site key file {path} holds {len} bytes of key material; use at least {MIN_SITE_KEY}: make one with `openssl rand -hex 32 > {path} && chmod 600 {path}` and copy it to every node"
     )]
     SiteKeyShort { path: PathBuf, len: usize },
+    #[error(
+        "site key file {path} can be read by other users (mode {mode:o}); make it private with `chmod 600 {path}` (and owned by the user lanmirror runs as)"
+    )]
+    SiteKeyOpen { path: PathBuf, mode: u32 },
     #[error("TLS setup: {0}")]
     Tls(String),
 }
@@ -133,7 +137,16 @@ impl Identity {
             why,
         };
         let key = match std::fs::read_to_string(&path) {
-            Ok(pem) => rcgen::KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?,
+            Ok(pem) => {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(m) = std::fs::metadata(&path)
+                    && mode_is_open(m.permissions().mode())
+                {
+                    tracing::warn!(path = %path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777),
+                        "this node's private key can be read by other users; run `chmod 600` on it");
+                }
+                rcgen::KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
                     .map_err(|e| bad(e.to_string()))?;
@@ -234,6 +247,24 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Fewest bytes of secret a site key must carry.
+pub const MIN_SITE_KEY: usize = 32;
+
+/// Bytes of secret in a site key file's (trimmed) text: hex text, as `openssl rand -hex`
+/// writes it, carries half its length; anything else its raw length.
+pub fn key_material(text: &[u8]) -> usize {
+    if !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit) {
+        text.len() / 2
+    } else {
+        text.len()
+    }
+}
+
+/// Whether a secret file's mode lets users other than its owner in (group or others bits).
+pub fn mode_is_open(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
 /// The site a node belongs to: its id (advertised and compared) and, optionally, its key.
 #[derive(Clone)]
 pub struct SiteAuth {
@@ -257,15 +288,24 @@ impl SiteAuth {
         let key = match key_file {
             None => None,
             Some(p) => {
-                let raw = std::fs::read(p).map_err(|source| IdentityError::SiteKeyIo {
+                use std::os::unix::fs::PermissionsExt;
+                let io = |source| IdentityError::SiteKeyIo {
                     path: p.to_path_buf(),
                     source,
-                })?;
+                };
+                let mode = std::fs::metadata(p).map_err(io)?.permissions().mode();
+                if mode_is_open(mode) {
+                    return Err(IdentityError::SiteKeyOpen {
+                        path: p.to_path_buf(),
+                        mode: mode & 0o777,
+                    });
+                }
+                let raw = std::fs::read(p).map_err(io)?;
                 let trimmed = raw.trim_ascii();
-                if trimmed.len() < 16 {
+                if key_material(trimmed) < MIN_SITE_KEY {
                     return Err(IdentityError::SiteKeyShort {
                         path: p.to_path_buf(),
-                        len: trimmed.len(),
+                        len: key_material(trimmed),
                     });
                 }
                 Some(blake3::derive_key("lanmirror site key v1", trimmed))
@@ -503,15 +543,26 @@ mod tests {
     }
 
     #[test]
-    fn short_site_keys_are_refused() {
+    fn short_or_open_site_keys_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k");
-        std::fs::write(&p, "short\n").unwrap();
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("short\n", 0o600);
         let e = SiteAuth::load("s", Some(&p)).err().unwrap();
-        assert!(e.to_string().contains("at least 16"), "{e}");
-        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        assert!(e.to_string().contains("at least 32"), "{e}");
+        assert!(e.to_string().contains("openssl rand -hex 32"), "{e}");
+        // 32 hex digits are 16 bytes of material: too short.
+        write("0123456789abcdef0123456789abcdef\n", 0o600);
+        assert!(SiteAuth::load("s", Some(&p)).is_err());
+        // What `openssl rand -hex 32` makes.
+        let hex64 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        write(&format!("{hex64}\n"), 0o600);
         let a = SiteAuth::load("s", Some(&p)).unwrap();
-        std::fs::write(&p, "0123456789abcdef0123").unwrap();
+        write(hex64, 0o400);
         let b = SiteAuth::load("s", Some(&p)).unwrap();
         let x = [3u8; 32];
         assert_eq!(
@@ -519,5 +570,23 @@ mod tests {
             b.proof(&x, Role::Listener),
             "a trailing newline does not change the key"
         );
+        for open in [0o644, 0o640, 0o604, 0o660] {
+            write(hex64, open);
+            let e = SiteAuth::load("s", Some(&p)).err().unwrap();
+            assert!(e.to_string().contains("chmod 600"), "{open:o}: {e}");
+        }
+    }
+
+    #[test]
+    fn key_material_and_modes() {
+        assert_eq!(key_material(b""), 0);
+        assert_eq!(key_material(b"abcd"), 2, "hex counts half");
+        assert_eq!(key_material(b"abcx"), 4, "not hex: raw bytes");
+        assert_eq!(key_material(b"ABCDEF01"), 4);
+        assert!(mode_is_open(0o644));
+        assert!(mode_is_open(0o100_640));
+        assert!(mode_is_open(0o601));
+        assert!(!mode_is_open(0o600));
+        assert!(!mode_is_open(0o100_400));
     }
 }

@@ -64,8 +64,13 @@ pub const DEADLINE_SLACK: Duration = Duration::from_secs(15);
 /// past it, the peer is too slow and the transfer goes on from the next source. For a body of
 /// unknown length, call it with the bytes received so far: each byte buys time.
 pub fn transfer_deadline(bytes: u64, min_rate: u64) -> Duration {
-    DEADLINE_SLACK + Duration::from_secs(bytes / min_rate.max(1))
+    DEADLINE_SLACK
+        .saturating_add(Duration::from_secs(bytes / min_rate.max(1)))
+        .min(LONGEST_DEADLINE)
 }
+
+/// Cap on [`transfer_deadline`], so a size nobody checked cannot overflow a clock.
+const LONGEST_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
@@ -1143,6 +1148,36 @@ mod tests {
             }
         }
         assert_eq!(rendezvous("x", []), None);
+    }
+
+    #[test]
+    fn peer_deadlines_follow_size_and_minimum_rate() {
+        // A 100 kB package from a holder: the slack and under a second of transfer.
+        assert_eq!(transfer_deadline(100_000, HOLDER_MIN_RATE), DEADLINE_SLACK);
+        // 20 MiB from a holder at 128 KiB/s: 160 s on top of the slack.
+        assert_eq!(
+            transfer_deadline(20 << 20, HOLDER_MIN_RATE),
+            DEADLINE_SLACK + Duration::from_secs(160)
+        );
+        // The same through the site's fetcher, at an uplink's 16 KiB/s: 1280 s.
+        assert_eq!(
+            transfer_deadline(20 << 20, FETCHER_MIN_RATE),
+            DEADLINE_SLACK + Duration::from_secs(1280)
+        );
+        // A trickle of one byte every 8 s is far below either: 1 MiB would need 97 days, and
+        // is cut at 23 s.
+        let trickle_secs = (1u64 << 20) * 8;
+        assert!(transfer_deadline(1 << 20, HOLDER_MIN_RATE).as_secs() < trickle_secs / 10_000);
+        assert_eq!(
+            transfer_deadline(0, 0),
+            DEADLINE_SLACK,
+            "no division by zero"
+        );
+        assert_eq!(
+            transfer_deadline(u64::MAX, 1),
+            LONGEST_DEADLINE,
+            "no overflow"
+        );
     }
 
     #[test]

@@ -609,3 +609,44 @@ impl Local {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_caps_per_source_and_in_total() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut m = HashMap::new();
+        assert!(room(&m, &a, 4, 32));
+        m.insert(a, 4);
+        assert!(!room(&m, &a, 4, 32), "per-address cap");
+        assert!(room(&m, &b, 4, 32), "another address still gets in");
+        for i in 0..7u8 {
+            m.insert(IpAddr::from([10, 0, 1, i]), 4);
+        }
+        assert_eq!(m.values().sum::<usize>(), 32);
+        assert!(!room(&m, &b, 4, 32), "total cap");
+    }
+
+    #[test]
+    fn slots_are_released_on_drop() {
+        let gate = Arc::new(Mutex::new(Gate::default()));
+        let ip: IpAddr = "192.168.1.9".parse().unwrap();
+        let held: Vec<Slot> = (0..MAX_PENDING_PER_ADDR)
+            .map(|_| take(&gate, Held::Pending(ip)).unwrap())
+            .collect();
+        assert!(take(&gate, Held::Pending(ip)).is_none());
+        drop(held);
+        assert!(gate.lock().unwrap().pending.is_empty());
+        let id = NodeId([7; 16]);
+        let conns: Vec<Slot> = (0..MAX_CONNS_PER_NODE)
+            .map(|_| take(&gate, Held::Admitted(id)).unwrap())
+            .collect();
+        assert!(take(&gate, Held::Admitted(id)).is_none(), "per node id");
+        assert!(take(&gate, Held::Admitted(NodeId([8; 16]))).is_some());
+        drop(conns);
+        assert!(take(&gate, Held::Admitted(id)).is_some());
+    }
+}

@@ -60,6 +60,13 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
 }
 
 /// Lowercase hex SHA-256 of `data`.
+/// Writes a secret (a site key) readable by its owner only, as lanmirror requires.
+pub fn write_private(path: &std::path::Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex(&Sha256::digest(data))

@@ -524,7 +524,7 @@ impl LanSite {
     pub fn node_opts(&self, idx: usize, host: &Host) -> NodeOpts {
         let key_file = self.site_key.as_ref().map(|k| {
             let f = self.dir.path().join(format!("site-{idx}.key"));
-            fs::write(&f, k).unwrap();
+            super::write_private(&f, k);
             f
         });
         NodeOpts {
