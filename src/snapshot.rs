@@ -4,11 +4,18 @@
 //! A tree is the directory holding `repodata/` (e.g. `9/BaseOS/x86_64/os/` of repo `almalinux`).
 //! Its snapshot is repomd.xml with its `.asc`/`.key` and every metadata file it references that
 //! clients fetch (primary, filelists, updateinfo, modules, group…), all stored and verified
-//! against repomd's checksums before one index row switches the snapshot (invariant 3). The
-//! package list of primary.xml is recorded so every package is checked against it. When
-//! upstream cannot be reached, or answers something inconsistent, the previous snapshot stays.
+//! against repomd's checksums before one index row switches the snapshot ("atomic metadata" in
+//! ARCHITECTURE.md). The package list of primary.xml is recorded so every package is checked
+//! against it. When upstream cannot be reached, or answers something inconsistent, the previous
+//! snapshot stays.
 //!
-//! The freshness policy ([`needs_check`]) is pure; everything else here drives `fetch`.
+//! Freshness is each node's own: every refresh asks this node's upstream first, and only that
+//! moves the check time. Only when upstream cannot be asked may a mounted bundle or (on a
+//! trusted site) another node supply a snapshot, and only one whose repomd.xml revision is
+//! newer than ours ([`revision_is_newer`]): nothing moves a node back.
+//!
+//! The freshness and revision policies ([`needs_check`], [`revision_is_newer`]) are pure;
+//! everything else here drives `fetch`.
 //! This module does not serve HTTP and does not parse XML itself (`repodata` does).
 
 use std::collections::{HashMap, HashSet};

@@ -2,13 +2,20 @@
 //! proof on the first stream) and answers their requests from this node's store, its running
 //! transfers, and — as an item's fetcher — upstream.
 //!
+//! Strangers cost almost nothing: until admission a connection gets one stream and a small
+//! window, at most [`MAX_PENDING`] wait (a few per address), and refusals are logged at most
+//! once a minute per address with every string the stranger sent escaped. Admitted peers are
+//! bounded too: streams per connection, connections per node id, a deadline to send a request
+//! and to take each write; `Have` lookups run on the blocking pool.
+//!
 //! Requests from peers never travel further than this node: a `Fetch` this node cannot answer
 //! from its store goes to upstream directly, never to another peer, and a `Snapshot` request is
-//! answered from this node's own upstream check. So two nodes that briefly disagree about who
+//! answered with the snapshot in service, as it is. So two nodes that briefly disagree about who
 //! the fetcher is cannot ask each other in a circle.
 //!
-//! Every request is checked like an HTTP request (configured repo, a path that stays inside it)
-//! before any I/O; anything malformed gets an error answer on that stream only.
+//! Every request is checked like an HTTP request (configured repo with the same upstream URLs,
+//! a path that stays inside it) before any I/O; anything malformed gets an error answer on that
+//! stream only.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
