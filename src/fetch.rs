@@ -566,6 +566,8 @@ impl Fetcher {
         let mut best = p.written;
         let mut failures_without_progress = 0u32;
         let mut attempts = 0u32;
+        // Whether the part file holds bytes from a source other than upstream.
+        let mut foreign = false;
         let mut steps = plan(
             item.site && self.peers.is_some(),
             item.expected
@@ -769,6 +771,8 @@ impl Fetcher {
                 })?;
                 if from_upstream {
                     Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                } else {
+                    foreign = true;
                 }
                 if diverged {
                     // Not the bytes readers already sent: they must fail, not splice.
@@ -851,6 +855,16 @@ impl Fetcher {
                         self.blame(&source, &what, true);
                         p.start_over(true).await.map_err(io_err)?;
                         source = self.next_source(item, &mut steps).await;
+                        continue;
+                    }
+                    if foreign {
+                        // Upstream resumed what a peer or seed that broke off had sent, and the
+                        // whole does not verify: those bytes were bad. Once, from zero, from
+                        // upstream alone (readers that sent them are cut).
+                        foreign = false;
+                        tracing::info!(repo = %item.repo, path = %item.path, reason = %what,
+                            "the file did not verify after upstream resumed another source's bytes; fetching it whole from upstream");
+                        p.start_over(true).await.map_err(io_err)?;
                         continue;
                     }
                     // The partial file goes too, so if a resumed download was the culprit,

@@ -478,11 +478,10 @@ impl Peers {
     /// live connection is never closed for one: the entry stays while its connection lives and
     /// is dropped (not redialled) when it ends. An entry without a live connection goes now.
     pub fn remove_mdns(&self, name: &str) {
-        let now = Instant::now();
         let gone = self.with_table(|t| {
             let key = format!("mdns:{name}");
             let e = t.get_mut(&key)?;
-            if e.live(now).is_some() {
+            if e.id.is_some() && e.conn.as_ref().is_some_and(|c| c.close_reason().is_none()) {
                 e.said_goodbye = true;
                 tracing::info!(peer = ?e.id, "mDNS says a peer left, but its connection is alive; keeping it while it lasts");
                 return None;
