@@ -191,6 +191,15 @@ enum Source {
     Fetcher(Peer),
     Seed(SeedFile),
     Upstream,
+    /// The part file already holds every byte (checked against metadata before it is used).
+    Held,
+}
+
+/// The metadata a part file of `written` bytes can be checked against as a whole file: only
+/// when metadata names the size, `written` is that size, and the checksum is one this build
+/// computes.
+fn held_whole(expected: Option<&Expected>, written: u64) -> Option<&Expected> {
+    expected.filter(|e| written > 0 && e.size == Some(written) && hash::can_verify(e.checksum.algo))
 }
 
 /// The pace a peer source must keep during one attempt (see [`crate::peer::transfer_deadline`]).
@@ -229,7 +238,7 @@ impl Source {
         match self {
             Source::Holder(_) => Some(crate::peer::HOLDER_MIN_RATE),
             Source::Fetcher(_) => Some(crate::peer::FETCHER_MIN_RATE),
-            Source::Seed(_) | Source::Upstream => None,
+            Source::Seed(_) | Source::Upstream | Source::Held => None,
         }
     }
 
@@ -238,6 +247,7 @@ impl Source {
             Source::Holder(_) | Source::Fetcher(_) => "the site",
             Source::Seed(_) => "a seed directory",
             Source::Upstream => "upstream",
+            Source::Held => "an earlier download",
         }
     }
 }
@@ -249,6 +259,7 @@ impl std::fmt::Display for Source {
             Source::Fetcher(p) => write!(f, "peer {} (the site's fetcher)", p.id),
             Source::Seed(s) => write!(f, "seed file {}", s.path.display()),
             Source::Upstream => f.write_str("upstream"),
+            Source::Held => f.write_str("bytes held from an earlier download"),
         }
     }
 }
@@ -533,7 +544,7 @@ impl Fetcher {
         } else {
             0
         };
-        let hasher = if written > 0 {
+        let mut hasher = if written > 0 {
             let p = part.clone();
             let h = tokio::task::spawn_blocking(move || {
                 std::fs::File::open(&p).and_then(|f| hash::hash_reader(f.take(written), also))
@@ -544,9 +555,37 @@ impl Fetcher {
             tracing::info!(repo = %item.repo, path = %item.path, bytes = written, "resuming a partial download");
             h
         } else {
-            file.set_len(0).await.map_err(io_err)?;
             MultiHasher::new(also)
         };
+        // Every byte may be held already (an earlier run stopped between the last byte and the
+        // install): check them instead of asking a source for a range past the end.
+        let held = match held_whole(item.expected.as_ref(), written) {
+            Some(exp) => {
+                let ok = check_expected(&item.path, Some(exp), &hasher.clone_finish()).is_ok();
+                if !ok {
+                    tracing::info!(repo = %item.repo, path = %item.path, "a complete partial download does not match the metadata; starting over");
+                }
+                ok
+            }
+            None => false,
+        };
+        let written = if written > 0
+            && item
+                .expected
+                .as_ref()
+                .and_then(|e| e.size)
+                .is_some_and(|s| written >= s)
+            && !held
+        {
+            // Longer than the file, or whole but wrong: nothing in it can be used.
+            hasher = MultiHasher::new(also);
+            0
+        } else {
+            written
+        };
+        if written == 0 {
+            file.set_len(0).await.map_err(io_err)?;
+        }
         file.seek(io::SeekFrom::Start(written))
             .await
             .map_err(io_err)?;
@@ -577,9 +616,17 @@ impl Fetcher {
             self.seeds.is_some(),
         )
         .into_iter();
-        let mut source = self.next_source(item, &mut steps).await;
+        let mut source = if held {
+            Source::Held
+        } else {
+            self.next_source(item, &mut steps).await
+        };
 
         let (etag, last_modified, source) = loop {
+            if matches!(source, Source::Held) {
+                tracing::info!(repo = %item.repo, path = %item.path, bytes = p.written, "every byte was already held from an earlier download; verified, not fetched again");
+                break (meta.etag.clone(), meta.last_modified.clone(), source);
+            }
             let ask = Ask {
                 from: p.written,
                 if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),

@@ -525,3 +525,66 @@ fn a_file_changing_mid_transfer_is_never_spliced() {
     assert!(r.complete);
     assert_eq!(r.body, new);
 }
+
+/// A node stopped after a download's last byte but before its install leaves a complete part
+/// file: after a restart it is checked against the metadata and installed, with no upstream
+/// request for it. A complete-length part file with the wrong bytes is dropped and the file is
+/// fetched whole (no Range past its end, no 416).
+#[test]
+fn a_complete_partial_file_is_installed_without_fetching_again() {
+    let Site {
+        repo,
+        up,
+        mut node,
+        dir: _dir,
+    } = Site::new(&[
+        PkgSpec::new("lm-held", "1.0", 2 << 20),
+        PkgSpec::new("lm-held-bad", "1.0", 300_000),
+    ]);
+    // The metadata names both packages' checksums and sizes.
+    assert_eq!(node.get("/test/repodata/repomd.xml").status, 200);
+    node.stop();
+    let plant = |name: &str, bytes: Vec<u8>| {
+        let p = repo.package(name);
+        let key = format!("test/{}", p.rel_path);
+        let part = hex(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
+        let dir = node.data_dir().join("partial");
+        std::fs::write(dir.join(format!("{part}.part")), bytes).unwrap();
+        let meta = serde_json::json!({ "checksum": format!("sha256:{}", p.sha256_hex) });
+        std::fs::write(dir.join(format!("{part}.meta")), meta.to_string()).unwrap();
+        p
+    };
+    let good = repo.package("lm-held");
+    let good = plant(
+        "lm-held",
+        std::fs::read(repo.dir().join(&good.rel_path)).unwrap(),
+    );
+    let bad = repo.package("lm-held-bad");
+    let bad = plant("lm-held-bad", vec![0x5a; bad.size as usize]);
+    node.restart();
+    up.clear_log();
+    node.assert_serves(&good);
+    assert_eq!(
+        up.count(&good.file_name),
+        0,
+        "went upstream for a file it held whole: {:?}",
+        up.requests()
+    );
+    assert_eq!(node.status_json()["bytes_fetched_upstream"], 0);
+    node.assert_serves(&bad);
+    let asked: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with(&bad.file_name))
+        .map(|r| (r.status, r.range))
+        .collect();
+    assert_eq!(asked, vec![(200, None)], "{:?}", up.requests());
+    assert!(
+        node.log().contains("already held from an earlier download"),
+        "{}",
+        node.log_tail(30)
+    );
+    node.stop();
+    let (ok, report) = node.verify();
+    assert!(ok, "{report}");
+}
