@@ -18,4 +18,5 @@ pub mod respond;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod units;
 pub mod upstream;
