@@ -646,7 +646,7 @@ fn node_id_of(n: &Node) -> String {
 fn uplink_loss_on_the_snapshot_source_does_not_freeze_the_site() {
     use lanmirror::peer::{NodeId, rendezvous};
     use std::time::Instant;
-    const FRESH: u64 = 4;
+    const FRESH: u64 = 5;
     let dir = temp();
     let mut repo = RpmRepo::create(
         &dir.path().join("mirror"),
@@ -827,6 +827,46 @@ fn uplink_loss_on_the_snapshot_source_does_not_freeze_the_site() {
     // And the working node never took anything but its own upstream's word.
     let s = snapshot_status(on);
     assert_eq!(s["source"], "upstream", "{s}");
+
+    // The uplink comes back: the cut node's own upstream confirms what the site gave it, and
+    // only then does it say fresh (after the upstream client's offline back-off, 30 s).
+    ups[cut].clear_log();
+    ups[cut].set_down(false);
+    let back = Instant::now();
+    let confirmed = wait_until(
+        Duration::from_secs(30 + 4 * FRESH),
+        Duration::from_millis(500),
+        || {
+            let r = cn.get("/test/repodata/repomd.xml");
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.body, new_repomd, "the cut node went back");
+            let s = snapshot_status(cn);
+            if s["confirmed_upstream"] == true {
+                assert_eq!(s["source"], "upstream", "{s}");
+                assert_eq!(s["stale"], false, "{s}");
+                true
+            } else {
+                assert_eq!(s["source"], "site", "{s}");
+                assert_eq!(s["stale"], true, "{s}");
+                false
+            }
+        },
+    );
+    assert!(
+        confirmed,
+        "the cut node's upstream is back but it never confirmed its metadata: {}\n{}",
+        cn.status_json(),
+        cn.log_tail(30)
+    );
+    eprintln!(
+        "cut node confirmed the site's metadata upstream {:?} after its uplink came back",
+        back.elapsed()
+    );
+    assert!(
+        ups[cut].count("/repodata/repomd.xml") >= 1,
+        "confirmed without asking its own upstream: {:?}",
+        ups[cut].requests()
+    );
 }
 
 /// A static peer is pinned to the node id it showed at first contact: another node answering
