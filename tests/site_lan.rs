@@ -685,3 +685,145 @@ fn corrupt_bytes_from_a_peer_are_refused() {
         );
     }
 }
+
+/// Appends a DNS name (uncompressed labels) to `out`.
+fn dns_name(out: &mut Vec<u8>, name: &str) {
+    for label in name.trim_end_matches('.').split('.') {
+        assert!(!label.is_empty() && label.len() < 64, "label {label:?}");
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+/// An mDNS goodbye (RFC 6762 §10.1) for service instance `fullname` of `service_type`: an
+/// authoritative response whose one answer is the PTR `service_type → fullname` with TTL 0, as
+/// a node's own mdns-sd sends when it unregisters.
+fn mdns_goodbye(service_type: &str, fullname: &str) -> Vec<u8> {
+    // id 0, QR + AA, no questions, one answer.
+    let mut p = vec![0, 0, 0x84, 0x00, 0, 0, 0, 1, 0, 0, 0, 0];
+    dns_name(&mut p, service_type);
+    p.extend_from_slice(&12u16.to_be_bytes()); // PTR
+    p.extend_from_slice(&1u16.to_be_bytes()); // IN (shared record: no cache-flush bit)
+    p.extend_from_slice(&0u32.to_be_bytes()); // TTL 0: goodbye
+    let mut rdata = Vec::new();
+    dns_name(&mut rdata, fullname);
+    p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    p.extend_from_slice(&rdata);
+    p
+}
+
+/// Site test 7: Anyone on the LAN can send an mDNS goodbye for a node. A node that hears one
+/// for a peer it holds a live, admitted connection to keeps that peer (it says so in its log),
+/// and keeps using it: a package only that peer holds still comes from it, not upstream.
+#[test]
+fn a_spoofed_mdns_goodbye_does_not_split_the_site() {
+    let _wd = Watchdog::new(
+        "a_spoofed_mdns_goodbye_does_not_split_the_site",
+        Duration::from_secs(240),
+    );
+    // Node 1 (B) alone first, so that it, and only it, holds the package.
+    let Some(mut site) = site(
+        "a_spoofed_mdns_goodbye_does_not_split_the_site",
+        1,
+        lan_opts(vec![PkgSpec::new("lml-g", "1.0", MIB)]),
+    ) else {
+        return;
+    };
+    let pkg = site.repo.package("lml-g");
+    let b = 0;
+    assert_eq!(
+        site.node(b).get("/test/repodata/repomd.xml").status,
+        200,
+        "{}",
+        site.node(b).log_tail(20)
+    );
+    site.node(b).assert_serves(&pkg);
+    assert_eq!(site.up.count(&pkg.file_name), 1);
+    let a = site.add_node(|_| {});
+    assert_site_formed(&site, &[a, b]);
+    let id_b = node_id(&site.status(b));
+    // A knows B through mDNS (the entry a goodbye is about), and is connected to it.
+    let by_mdns = wait_until(DISCOVERY, Duration::from_millis(250), || {
+        site.status(a)["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["id"] == id_b.as_str() && p["via"] == "mdns" && p["healthy"] == true)
+        })
+    });
+    assert!(
+        by_mdns,
+        "A has no healthy mDNS entry for B: {}",
+        site.status(a)
+    );
+    assert_eq!(site.node(a).get("/test/repodata/repomd.xml").status, 200);
+
+    // A third host on the LAN says goodbye in B's name: B's exact service instance.
+    let spoofer = site.lan.add_host("spoof");
+    let fullname = format!("{id_b}.{}", lanmirror::discovery::SERVICE_TYPE);
+    let packet = mdns_goodbye(lanmirror::discovery::SERVICE_TYPE, &fullname);
+    let kept = "mDNS says a peer left, but its connection is alive";
+    let dropped = "peer left the site (mDNS)";
+    let sent_at = Instant::now();
+    let mut sent = 0;
+    let seen = wait_until(Duration::from_secs(24), Duration::from_millis(500), || {
+        let log = site.node(a).log();
+        if log.contains(kept) || log.contains(dropped) {
+            return true;
+        }
+        // A goodbye every 3 s from the spoofer (UDP may drop one) until A reacts. mdns-sd
+        // drops the record 1 s after a goodbye (RFC 6762 §10.1), and each goodbye restarts that
+        // second: sent every second, they would keep the record alive.
+        if sent * 3 <= sent_at.elapsed().as_secs() {
+            in_netns(&spoofer.ns, || {
+                let sock = UdpSocket::bind("0.0.0.0:5353").expect("bind 5353 in the spoofer");
+                sock.set_multicast_ttl_v4(255).unwrap();
+                sock.send_to(
+                    &packet,
+                    SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), 5353),
+                )
+                .expect("send the goodbye");
+            });
+            sent += 1;
+        }
+        false
+    });
+    assert!(
+        seen,
+        "A logged no mDNS removal for B within 24 s of {sent} spoofed goodbyes\n{}",
+        site.node(a).log_tail(40)
+    );
+    let heard = sent_at.elapsed();
+    let log = site.node(a).log();
+    assert!(
+        log.contains(kept) && !log.contains(dropped),
+        "A dropped B on a spoofed goodbye\n{}",
+        site.node(a).log_tail(40)
+    );
+    eprintln!("A heard the spoofed goodbye after {heard:?} ({sent} sent) and kept B");
+
+    // B stays a healthy peer of A, seen every 250 ms for 6 s.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(6) {
+        let st = site.status(a);
+        assert!(
+            healthy_peers(&st).contains(&id_b),
+            "B fell out of A's site {:?} after the spoofed goodbye: {st}\n{}",
+            watch.elapsed(),
+            site.node(a).log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // And A still gets from B what only B holds.
+    assert!(!site.holds(a, &pkg), "A must not hold the package yet");
+    let before = num(&site.status(a), "from_peers");
+    site.node(a).assert_serves(&pkg);
+    let st = site.status(a);
+    assert!(num(&st, "from_peers") > before, "{st}");
+    assert_eq!(
+        site.up.count(&pkg.file_name),
+        1,
+        "A went upstream for a package B holds: {}",
+        upstream_log(&site.up)
+    );
+    assert!(healthy_peers(&site.status(a)).contains(&id_b));
+}

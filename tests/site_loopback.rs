@@ -1,7 +1,9 @@
 //! Several real nodes on 127.0.0.1 joined by static peers (`[discovery] peers`, mDNS off): the
-//! peer protocol and the site's policies — one upstream download per site, metadata checked
-//! once per site, holders, the fetcher, admission by site key, bad bytes from a peer, and a
-//! fetcher that dies. The real-LAN version (namespaces, mDNS) is `site_lan.rs`.
+//! peer protocol and the site's policies — one upstream download per site, repomd.xml checked
+//! by each node itself but the files it names fetched once per site, holders, the fetcher,
+//! admission by site key, bad bytes from a peer, a fetcher that dies; and site trust: a node
+//! whose uplink breaks freezes nobody, static peers are pinned to their first node id, and a
+//! node without a site key says so. The real-LAN version (namespaces, mDNS) is `site_lan.rs`.
 
 mod common;
 
@@ -87,30 +89,10 @@ fn write_key(dir: &Path, name: &str, secret: &str) -> std::path::PathBuf {
     p
 }
 
-/// Asserts that no file repomd.xml names (primary, filelists, …) went upstream twice: the site
-/// shares them, while each node checks repomd.xml itself.
-fn metadata_files_went_upstream_once(up: &Upstream) {
-    let mut seen = std::collections::HashSet::new();
-    for r in up.requests() {
-        if r.path.contains("/repodata/") && !r.path.contains("/repomd.xml") {
-            assert!(
-                seen.insert(r.path.clone()),
-                "{} twice: {:?}",
-                r.path,
-                up.requests()
-            );
-        }
-    }
-    assert!(
-        !seen.is_empty(),
-        "no metadata file requested: {:?}",
-        up.requests()
-    );
-}
-
 /// A package one node fetched is served to another node's dnf client from the site, with no
-/// new upstream request; the second node checked repomd.xml upstream itself, and took the
-/// files it names from the site.
+/// new upstream request. Each node checks repomd.xml with upstream itself (freshness is each
+/// node's own, DESIGN invariant 8), but the metadata files it names cross the uplink once for
+/// the site.
 #[test]
 fn second_node_gets_packages_and_metadata_from_the_site() {
     let dir = temp();
@@ -131,7 +113,8 @@ fn second_node_gets_packages_and_metadata_from_the_site() {
         .assert_success();
     assert_eq!(up.count(".rpm"), 2, "{:?}", up.requests());
     let repomd_before = repomd_count(&up);
-    let log_before = up.requests();
+    let meta_files = repo.metadata_files();
+    let meta_before: Vec<usize> = meta_files.iter().map(|f| up.count(f)).collect();
     up.clear_log();
 
     let cb = Dnf::new(&dir.path().join("cb"), &b.repo_url("test"));
@@ -155,21 +138,21 @@ fn second_node_gets_packages_and_metadata_from_the_site() {
     );
     assert!(both("bytes_from_peers") >= sizes, "{}", b.status_json());
     assert!(both("bytes_to_peers") >= sizes, "{}", a.status_json());
-    // Metadata: each node asked upstream for repomd.xml itself (freshness is each node's
-    // own); the files it names came from upstream once for the site.
+    // Metadata: each node asked upstream for repomd.xml itself, once; every file it names
+    // crossed the uplink at most once for the site (B took the rest from A or the fetcher).
     assert_eq!(
         repomd_before + repomd_count(&up),
         2,
-        "one repomd.xml check per node: {log_before:?} {:?}",
+        "each node checks repomd.xml upstream exactly once: {:?}",
         up.requests()
     );
-    assert!(
-        !up.requests()
-            .iter()
-            .any(|r| r.path.contains("/repodata/") && !r.path.contains("/repomd.xml")),
-        "B fetched metadata files upstream that A holds: {:?}",
-        up.requests()
-    );
+    for (f, before) in meta_files.iter().zip(meta_before) {
+        assert!(
+            before + up.count(f) <= 1,
+            "{f} crossed the uplink more than once for the site: {:?}",
+            up.requests()
+        );
+    }
     // B stored what it served: it can serve alone now.
     site.nodes[0].stop();
     let b = &site.nodes[1];
@@ -180,7 +163,8 @@ fn second_node_gets_packages_and_metadata_from_the_site() {
 }
 
 /// Three cold nodes whose clients all ask at the same moment: exactly one upstream download
-/// per package and per metadata file for the whole site, and one repomd.xml check per node.
+/// per package for the whole site; repomd.xml checked by each node itself (invariant 8), the
+/// files it names fetched once for the site.
 #[test]
 fn three_cold_nodes_download_each_package_once() {
     let dir = temp();
@@ -198,10 +182,16 @@ fn three_cold_nodes_download_each_package_once() {
     assert_eq!(
         repomd_count(&up),
         3,
-        "each node checks repomd.xml itself, once: {:?}",
+        "each node checks repomd.xml upstream exactly once: {:?}",
         up.requests()
     );
-    metadata_files_went_upstream_once(&up);
+    for f in repo.metadata_files() {
+        assert!(
+            up.count(&f) <= 1,
+            "{f} crossed the uplink more than once for the site: {:?}",
+            up.requests()
+        );
+    }
     up.throttle(Some(4 << 20));
     let pkgs = ["lc-a", "lc-b"];
     std::thread::scope(|s| {
@@ -230,14 +220,16 @@ fn three_cold_nodes_download_each_package_once() {
         .iter()
         .map(|n| stat(n, "bytes_fetched_upstream"))
         .sum();
+    // Every metadata file once, plus repomd.xml once more for each of the two other nodes.
+    let repomd = std::fs::metadata(repo.repomd_path()).unwrap().len();
     let meta: u64 = repo
         .metadata_files()
         .iter()
         .map(|f| std::fs::metadata(repo.dir().join(f)).map_or(0, |m| m.len()))
         .sum();
     assert!(
-        fetched <= unique + meta + 8192,
-        "upstream bytes {fetched} > unique {unique} + metadata {meta}"
+        fetched <= unique + meta + 2 * repomd + 8192,
+        "upstream bytes {fetched} > unique {unique} + metadata {meta} + two more repomd.xml"
     );
 }
 
@@ -598,5 +590,419 @@ fn nodes_of_another_site_do_not_mix() {
     assert_ne!(
         site.nodes[0].status_json()["site_id"],
         site.nodes[1].status_json()["site_id"]
+    );
+}
+
+// ---- Site trust: freshness is each node's own, static peers are pinned, open sites warn ----
+
+/// The upstream URL of the trust tests' repo. It resolves nowhere: each node reaches it only
+/// through its own HTTP proxy ([`own_uplink`]), so every node of the site configures the very
+/// same `[[repo]] urls` (nodes share a repo only when those agree) while each has an uplink of
+/// its own that a test can cut.
+const UPLINK_URL: &str = "http://upstream.lanmirror.invalid/";
+
+/// Gives a node its own uplink: `proxy` (a kit upstream server serving the repo; it answers an
+/// absolute-form proxy request by its path) as `HTTP_PROXY` for [`UPLINK_URL`]. Stopping that
+/// server (`set_down(true)`) cuts this node off upstream, and only this node.
+fn own_uplink(o: &mut NodeOpts, proxy: &Upstream) {
+    o.repos = vec![RepoCfg::new("test", &[UPLINK_URL])];
+    for k in ["HTTP_PROXY", "http_proxy"] {
+        o.env.push((k.into(), proxy.url()));
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        o.env.push((k.into(), String::new()));
+    }
+}
+
+/// The `<revision>` of a repomd.xml.
+fn revision_of(repomd: &[u8]) -> String {
+    let s = String::from_utf8_lossy(repomd);
+    let from = s.find("<revision>").expect("repomd.xml has a <revision>") + "<revision>".len();
+    let to = from + s[from..].find("</revision>").expect("</revision>");
+    s[from..to].trim().to_string()
+}
+
+/// The one snapshot of repo `test` in a node's `/api/status`.
+fn snapshot_status(n: &Node) -> serde_json::Value {
+    let st = n.status_json();
+    let snaps = st["repos"][0]["snapshots"].clone();
+    assert_eq!(
+        snaps.as_array().map(Vec::len),
+        Some(1),
+        "one tree expected: {st}"
+    );
+    snaps[0].clone()
+}
+
+fn node_id_of(n: &Node) -> String {
+    n.status_json()["node_id"]
+        .as_str()
+        .expect("/api/status has node_id")
+        .to_string()
+}
+
+/// Uplink loss on the node that, before issue 8, was the site's metadata fetcher for the tree
+/// (rendezvous of `snapshot:{repo}/{tree}`): the other node of a keyed site still confirms
+/// repomd.xml with its own upstream and serves new metadata within two freshness windows; the
+/// cut node never claims a freshness it does not have, and takes the new metadata from the site
+/// (unconfirmed, stale) since it cannot reach upstream. dnf clients of both see the new package.
+#[test]
+fn uplink_loss_on_the_snapshot_source_does_not_freeze_the_site() {
+    use lanmirror::peer::{NodeId, rendezvous};
+    use std::time::Instant;
+    const FRESH: u64 = 5;
+    let dir = temp();
+    let mut repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lu-a", "1.0", 300_000)],
+    );
+    // Each node's own uplink, both serving the same mirror directory.
+    let ups = [Upstream::start(repo.dir()), Upstream::start(repo.dir())];
+    let key = write_key(
+        dir.path(),
+        "site.key",
+        "lu-site-secret-0123456789abcdef-0123456789\n",
+    );
+    let quic = [free_port(), free_port()];
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let mut o = NodeOpts::new(UPLINK_URL);
+            own_uplink(&mut o, &ups[i]);
+            o.quic_listen = format!("127.0.0.1:{}", quic[i]);
+            o.peers = vec![format!("127.0.0.1:{}", quic[1 - i])];
+            o.site_key_file = Some(key.clone());
+            o.freshness_secs = FRESH;
+            Node::start(o)
+        })
+        .collect();
+    let site = LoopSite { nodes };
+    site.wait_joined(1);
+    for n in &site.nodes {
+        assert_eq!(n.status_json()["site_key"], true);
+    }
+    // Warm both: metadata and a package each, each node's metadata through its own uplink.
+    site.load_metadata();
+    let a = repo.package("lu-a");
+    for n in &site.nodes {
+        n.assert_serves(&a);
+    }
+    for (i, up) in ups.iter().enumerate() {
+        assert!(
+            up.count("/repodata/repomd.xml") >= 1,
+            "node {i} did not check repomd.xml through its own uplink: {:?}",
+            up.requests()
+        );
+    }
+    let old_repomd = std::fs::read(repo.repomd_path()).unwrap();
+    let old_rev = revision_of(&old_repomd);
+    let tree = snapshot_status(&site.nodes[0])["tree"]
+        .as_str()
+        .expect("tree")
+        .to_string();
+    let ids: Vec<NodeId> = site
+        .nodes
+        .iter()
+        .map(|n| NodeId::parse(&node_id_of(n)).expect("a node id"))
+        .collect();
+    let winner = rendezvous(&format!("snapshot:test/{tree}"), ids.iter().copied()).unwrap();
+    let cut = ids.iter().position(|id| *id == winner).unwrap();
+    let ok = 1 - cut;
+    let (cn, on) = (&site.nodes[cut], &site.nodes[ok]);
+    eprintln!("node {cut} was the tree's snapshot fetcher (rendezvous); cutting its uplink");
+
+    // Cut that node's uplink (connections refused), then publish new metadata upstream.
+    ups[cut].set_down(true);
+    let cut_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(1100)); // createrepo_c's revision is in seconds
+    let new_pkg = repo.add(&PkgSpec::new("lu-new", "1.0", 250_000));
+    let published = Instant::now();
+    let new_repomd = std::fs::read(repo.repomd_path()).unwrap();
+    let new_rev = revision_of(&new_repomd);
+    assert_ne!(old_rev, new_rev, "createrepo_c gave the same revision");
+
+    // Whatever the cut node says about its metadata must be true, at every look.
+    let honest = |s: &serde_json::Value| {
+        let since_cut = cut_at.elapsed().as_secs();
+        let rev = s["revision"].as_str().unwrap_or_default();
+        // Its own upstream has not confirmed anything since the cut.
+        assert!(
+            s["checked_secs_ago"].as_u64().unwrap_or(0) + 1 >= since_cut,
+            "the cut node's check time moved though it cannot reach upstream: {s}"
+        );
+        if rev == new_rev {
+            assert_eq!(s["source"], "site", "{s}");
+            assert_eq!(s["confirmed_upstream"], false, "{s}");
+            assert_eq!(s["stale"], true, "{s}");
+        } else {
+            assert_eq!(rev, old_rev, "{s}");
+            if since_cut > FRESH {
+                assert_eq!(s["stale"], true, "old metadata past its window: {s}");
+            }
+        }
+    };
+
+    // The working node: new repomd.xml, byte for byte, within two freshness windows.
+    let mut served_new = None;
+    let got = wait_until(
+        Duration::from_secs(4 * FRESH),
+        Duration::from_millis(250),
+        || {
+            honest(&snapshot_status(cn));
+            let r = on.get("/test/repodata/repomd.xml");
+            assert_eq!(r.status, 200, "{}", r.text());
+            if r.body == new_repomd {
+                served_new.get_or_insert(published.elapsed());
+                true
+            } else {
+                false
+            }
+        },
+    );
+    assert!(
+        got,
+        "the working node still serves revision {} {}s after new metadata was published (its \
+         own uplink works): {}\n{}",
+        revision_of(&on.get("/test/repodata/repomd.xml").body),
+        published.elapsed().as_secs(),
+        on.status_json(),
+        on.log_tail(40)
+    );
+    let took = served_new.unwrap();
+    eprintln!("working node served the new repomd.xml {took:?} after it was published");
+    assert!(
+        took <= Duration::from_secs(2 * FRESH),
+        "new metadata took {took:?}, more than two freshness windows"
+    );
+    let s = snapshot_status(on);
+    assert_eq!(s["revision"], new_rev.as_str(), "{s}");
+    assert_eq!(s["stale"], false, "{s}");
+    assert_eq!(s["source"], "upstream", "{s}");
+    assert_eq!(s["confirmed_upstream"], true, "{s}");
+
+    // A dnf client of the working node sees and installs the new package.
+    let co = Dnf::new(&dir.path().join("co"), &on.repo_url("test"));
+    co.install(&["lu-new"]).assert_success();
+    assert_eq!(
+        co.payload_size("lu-new"),
+        Some(new_pkg.payload_bytes as u64)
+    );
+
+    // The cut node: honest throughout, and it takes the newer metadata from the site (it is a
+    // keyed site and its own upstream is unreachable) within a bounded time.
+    let mut from_site = None;
+    let got = wait_until(Duration::from_secs(45), Duration::from_millis(500), || {
+        let r = cn.get("/test/repodata/repomd.xml");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let s = snapshot_status(cn);
+        honest(&s);
+        if r.body == new_repomd {
+            assert_eq!(s["revision"], new_rev.as_str(), "{s}");
+            from_site.get_or_insert(published.elapsed());
+            true
+        } else {
+            assert_eq!(r.body, old_repomd, "the cut node served a third repomd.xml");
+            false
+        }
+    });
+    assert!(
+        got,
+        "the cut node never took the site's newer metadata: {}\n{}",
+        cn.status_json(),
+        cn.log_tail(40)
+    );
+    eprintln!(
+        "cut node served the site's new repomd.xml {:?} after it was published",
+        from_site.unwrap()
+    );
+    let s = snapshot_status(cn);
+    honest(&s);
+    assert_eq!(s["source"], "site", "{s}");
+    assert!(
+        cn.log().contains("not confirmed upstream"),
+        "{}",
+        cn.log_tail(30)
+    );
+    // Its clients get the new package too, from the site.
+    let before = stat(cn, "from_peers");
+    let cc = Dnf::new(&dir.path().join("cc"), &cn.repo_url("test"));
+    cc.install(&["lu-new"]).assert_success();
+    assert_eq!(
+        cc.payload_size("lu-new"),
+        Some(new_pkg.payload_bytes as u64)
+    );
+    assert!(stat(cn, "from_peers") > before, "{}", cn.status_json());
+    honest(&snapshot_status(cn));
+    // And the working node never took anything but its own upstream's word.
+    let s = snapshot_status(on);
+    assert_eq!(s["source"], "upstream", "{s}");
+
+    // The uplink comes back: the cut node's own upstream confirms what the site gave it, and
+    // only then does it say fresh (after the upstream client's offline back-off, 30 s).
+    ups[cut].clear_log();
+    ups[cut].set_down(false);
+    let back = Instant::now();
+    let confirmed = wait_until(
+        Duration::from_secs(30 + 4 * FRESH),
+        Duration::from_millis(500),
+        || {
+            let r = cn.get("/test/repodata/repomd.xml");
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.body, new_repomd, "the cut node went back");
+            let s = snapshot_status(cn);
+            if s["confirmed_upstream"] == true {
+                assert_eq!(s["source"], "upstream", "{s}");
+                assert_eq!(s["stale"], false, "{s}");
+                true
+            } else {
+                assert_eq!(s["source"], "site", "{s}");
+                assert_eq!(s["stale"], true, "{s}");
+                false
+            }
+        },
+    );
+    assert!(
+        confirmed,
+        "the cut node's upstream is back but it never confirmed its metadata: {}\n{}",
+        cn.status_json(),
+        cn.log_tail(30)
+    );
+    eprintln!(
+        "cut node confirmed the site's metadata upstream {:?} after its uplink came back",
+        back.elapsed()
+    );
+    assert!(
+        ups[cut].count("/repodata/repomd.xml") >= 1,
+        "confirmed without asking its own upstream: {:?}",
+        ups[cut].requests()
+    );
+}
+
+/// A static peer is pinned to the node id it showed at first contact: another node answering
+/// later at that address (a fresh data dir, so a new key) is refused, counted and logged.
+#[test]
+fn a_static_peer_is_pinned_to_its_first_node_id() {
+    use std::time::Instant;
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lp-pin", "1.0", 50_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let (qa, qb) = (free_port(), free_port());
+    let mut oa = NodeOpts::new(&up.url());
+    oa.quic_listen = format!("127.0.0.1:{qa}");
+    oa.peers = vec![format!("127.0.0.1:{qb}")];
+    let a = Node::start(oa);
+    let mut ob = NodeOpts::new(&up.url());
+    ob.quic_listen = format!("127.0.0.1:{qb}");
+    let mut b = Node::start(ob.clone());
+    let joined = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        healthy_peers(&a) == 1
+    });
+    assert!(joined, "{}\n{}", a.status_json(), a.log_tail(30));
+    let id_b = node_id_of(&b);
+    let refused_before = stat(&a, "peers_refused");
+    assert_eq!(refused_before, 0, "{}", a.status_json());
+
+    // B goes; another machine (new key) takes its address and QUIC port.
+    b.stop();
+    let b2 = Node::start(ob);
+    let id_b2 = node_id_of(&b2);
+    assert_ne!(id_b, id_b2, "a fresh data dir must give a new node id");
+    let started = Instant::now();
+    let refused = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        stat(&a, "peers_refused") > refused_before && a.log().contains(&format!("node id {id_b2}"))
+    });
+    assert!(
+        refused,
+        "A did not refuse the new node at its pinned static peer's address within 30 s: {}\n{}",
+        a.status_json(),
+        a.log_tail(40)
+    );
+    eprintln!(
+        "A refused the impostor {:?} after it started",
+        started.elapsed()
+    );
+    let log = a.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("node id {id_b2}")))
+        .unwrap();
+    assert!(line.contains("node id") && line.contains(&id_b), "{line}");
+    // It stays out.
+    for _ in 0..12 {
+        let st = a.status_json();
+        let peers = st["peers"].as_array().cloned().unwrap_or_default();
+        assert!(
+            peers.iter().all(|p| p["healthy"] == false),
+            "A admitted the impostor: {st}"
+        );
+        assert!(
+            !peers.iter().any(|p| p["id"] == id_b2.as_str()),
+            "A lists the impostor's id: {st}"
+        );
+        let entry = peers
+            .iter()
+            .find(|p| p["addr"] == format!("127.0.0.1:{qb}").as_str())
+            .unwrap_or_else(|| panic!("A lost its static peer entry: {st}"));
+        assert_eq!(entry["via"], "static", "{st}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let st = a.status_json();
+    let entry = &st["peers"][0];
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("node id")),
+        "{st}"
+    );
+    assert_eq!(healthy_peers(&b2), 0, "{}", b2.status_json());
+}
+
+/// A node without a site key says so: a WARN line at start-up and `warnings` in its status; a
+/// keyed node says nothing of the kind.
+#[test]
+fn a_node_without_a_site_key_warns() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lw-a", "1.0", 50_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let open = Node::start(NodeOpts::new(&up.url()));
+    let mut ok = NodeOpts::new(&up.url());
+    ok.site_key_file = Some(write_key(
+        dir.path(),
+        "k",
+        "lw-secret-0123456789abcdef-0123456789\n",
+    ));
+    let keyed = Node::start(ok);
+
+    let st = open.status_json();
+    assert_eq!(st["site_key"], false, "{st}");
+    let warnings = st["warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("/api/status has no warnings list: {st}"));
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("site key") && w.contains("any host on this LAN"))),
+        "{st}"
+    );
+    let log = open.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("no site key")),
+        "no WARN line saying \"no site key\":\n{}",
+        open.log_tail(30)
+    );
+
+    let st = keyed.status_json();
+    assert_eq!(st["site_key"], true, "{st}");
+    assert_eq!(st["warnings"], serde_json::json!([]), "{st}");
+    assert!(
+        !keyed.log().contains("no site key"),
+        "{}",
+        keyed.log_tail(30)
     );
 }
