@@ -3,9 +3,12 @@
 //! Each node registers one `_lanmirror._udp.local.` service named by its node id, on its QUIC
 //! port, with TXT records `id` (node id), `site` (site id), `v` (protocol version) and `http`
 //! (HTTP port); it browses the same type and feeds what it hears into [`Peers`]. mdns-sd fires
-//! `ServiceResolved` more than once per service (one address family at a time, TXT changes),
-//! so entries are merged by service name; a browse channel that closes silently (mdns-sd drops
-//! slow receivers) is re-opened; removals and expiries drop the peer.
+//! `ServiceResolved` more than once per service (as addresses and TXT change), each with the
+//! addresses it knows now, so an entry (by service name) takes the latest advert's addresses
+//! instead of piling them up; a browse channel that closes silently (mdns-sd drops slow
+//! receivers) is re-opened. Anyone on the LAN can send adverts and goodbyes, so [`Peers`]
+//! never lets one close a live, admitted connection: a removal or expiry drops an entry only
+//! once it has no connection, and the table is capped.
 //!
 //! Not here: static peers (`[discovery] peers`, handled by [`Peers`] directly), connecting, or
 //! admission. TXT records are unauthenticated: they only say where to dial and which id to pin;

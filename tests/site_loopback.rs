@@ -904,9 +904,12 @@ fn a_static_peer_is_pinned_to_its_first_node_id() {
     let refused_before = stat(&a, "peers_refused");
     assert_eq!(refused_before, 0, "{}", a.status_json());
 
-    // B goes; another machine (new key) takes its address and QUIC port.
+    // B goes; another machine (new key) takes its address and QUIC port, and lists A itself:
+    // A refuses it both ways (its dial, and B''s hello claiming the pinned address).
     b.stop();
-    let b2 = Node::start(ob);
+    let mut ob2 = ob;
+    ob2.peers = vec![format!("127.0.0.1:{qa}")];
+    let b2 = Node::start(ob2);
     let id_b2 = node_id_of(&b2);
     assert_ne!(id_b, id_b2, "a fresh data dir must give a new node id");
     let started = Instant::now();
@@ -957,6 +960,21 @@ fn a_static_peer_is_pinned_to_its_first_node_id() {
         "{st}"
     );
     assert_eq!(healthy_peers(&b2), 0, "{}", b2.status_json());
+    let told = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        b2.status_json()["peers"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("static peer"))
+            })
+        })
+    });
+    assert!(told, "B' was not refused by A: {}", b2.status_json());
+    assert!(
+        a.log().contains("this node's static peer at"),
+        "{}",
+        a.log_tail(30)
+    );
 }
 
 /// A node without a site key says so: a WARN line at start-up and `warnings` in its status; a

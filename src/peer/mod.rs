@@ -520,6 +520,19 @@ impl Peers {
         }
     }
 
+    /// The id pinned for a static peer at `listen` (the address a connecting node says it
+    /// listens on), when that is not `id`: another node now answers at that address, and it
+    /// is refused both ways.
+    pub(crate) fn pinned_elsewhere(&self, id: NodeId, listen: SocketAddr) -> Option<NodeId> {
+        self.with_table(|t| {
+            t.values()
+                .filter(|e| e.via == Via::Static)
+                .filter(|e| e.addrs.contains(&listen) || e.target == listen.to_string())
+                .find_map(|e| e.advertised.filter(|p| *p != id))
+        })
+        .flatten()
+    }
+
     /// Admitted, connected peers that are not put aside, one per node id.
     pub fn live(&self) -> Vec<Peer> {
         let now = Instant::now();
@@ -688,6 +701,9 @@ impl Peers {
                     // Pinned on first contact (a static peer) or by its advert.
                     if e.advertised.is_none() {
                         e.advertised = Some(id);
+                    }
+                    if via == Via::Static {
+                        e.addrs = vec![conn.remote_address()];
                     }
                     e.id = Some(id);
                     e.http_port = Some(http_port);

@@ -237,6 +237,13 @@ async fn connection(
         site.check(&exported, Role::Dialler, proof.as_deref())
             .map_err(|why| format!("site key check failed: {why}"))
     };
+    let listen = std::net::SocketAddr::new(remote.ip(), quic_port);
+    let verdict = verdict.and_then(|()| match local.peers.pinned_elsewhere(id, listen) {
+        Some(pinned) => Err(format!(
+            "this node's static peer at {listen} is node {pinned}, not {id}; if that machine was reinstalled, restart this node to accept its new key"
+        )),
+        None => Ok(()),
+    });
     let admitted = match verdict {
         Ok(()) => take(&gate, Held::Admitted(id)).ok_or_else(|| {
             format!("node {id} already has {MAX_CONNS_PER_NODE} connections to this node")
@@ -269,9 +276,7 @@ async fn connection(
     )
     .await?;
     let _ = send.finish();
-    local
-        .peers
-        .learn(id, std::net::SocketAddr::new(remote.ip(), quic_port));
+    local.peers.learn(id, listen);
     loop {
         // At most `ADMITTED_STREAMS` are open at once (the transport's stream limit).
         let (send, recv) = match conn.accept_bi().await {
