@@ -130,6 +130,8 @@ pub enum Phase {
         total: Option<u64>,
         written: u64,
         generation: u32,
+        /// Why readers of an earlier generation were cut (for their error), if one was.
+        cut: Option<Arc<str>>,
     },
     NotModified,
     Done(Done),
@@ -336,7 +338,11 @@ impl Part {
     /// Empties the file to start over from byte 0. When readers may already have sent the old
     /// bytes on (`exposed`), the new ones are compared with them as they come.
     async fn start_over(&mut self, exposed: bool) -> io::Result<()> {
-        if exposed && self.written > 0 && self.check.is_none() {
+        if !exposed {
+            // Nobody holds the old bytes (or they are known bad and their readers were cut):
+            // nothing to compare the new ones with.
+            self.check = None;
+        } else if self.written > 0 && self.check.is_none() {
             self.check = Some(PrefixCheck {
                 len: self.written,
                 old: self.hasher.blake3_so_far(),
@@ -375,6 +381,40 @@ impl Part {
         self.check = None;
         Ok(diverged)
     }
+}
+
+/// Readers' message when the file changed under them (a new generation from upstream).
+const CHANGED: &str = "upstream sent the file anew mid-transfer; this answer is aborted, ask again";
+
+/// Known-bad bytes are in the part file: drop them, and cut now every reader that sent any
+/// (`why` is their error); readers that join from here on follow the next source from byte 0.
+async fn cut_now(
+    p: &mut Part,
+    tx: &watch::Sender<Phase>,
+    announced: bool,
+    generation: &mut u32,
+    cut: &mut Option<Arc<str>>,
+    why: String,
+) -> io::Result<()> {
+    p.start_over(false).await?;
+    *generation += 1;
+    *cut = Some(format!("{why}; this answer is aborted, ask again").into());
+    if announced {
+        tx.send_modify(|phase| {
+            if let Phase::Streaming {
+                written,
+                generation: g,
+                cut: c,
+                ..
+            } = phase
+            {
+                *written = 0;
+                *g = *generation;
+                *c = cut.clone();
+            }
+        });
+    }
+    Ok(())
 }
 
 /// After a restart from zero: the first `len` bytes held before, by hash, to compare the new
@@ -599,6 +639,7 @@ impl Fetcher {
         };
         let mut announced = p.written > 0;
         let mut generation = 0u32;
+        let mut cut: Option<Arc<str>> = None;
         let mut first_total: Option<Option<u64>> = None;
         // Progress is measured against the most bytes ever held, so a mirror that breaks off
         // at the same point after every restart from zero cannot keep us looping.
@@ -710,6 +751,7 @@ impl Fetcher {
             if first_total.is_some_and(|t| t != total) {
                 // A different length than clients were told: they must not end cleanly.
                 generation += 1;
+                cut = Some(CHANGED.into());
             }
             first_total.get_or_insert(total);
             if announced {
@@ -717,6 +759,7 @@ impl Fetcher {
                     total,
                     written: p.written,
                     generation,
+                    cut: cut.clone(),
                 });
             }
 
@@ -790,6 +833,7 @@ impl Fetcher {
                         total,
                         written: p.written,
                         generation,
+                        cut: cut.clone(),
                     });
                     announced = true;
                 }
@@ -803,7 +847,10 @@ impl Fetcher {
                             true,
                         );
                         broke = Some("too long".into());
-                        p.start_over(true).await.map_err(io_err)?;
+                        let why = format!("{source} sent more bytes than the file has");
+                        cut_now(&mut p, tx, announced, &mut generation, &mut cut, why)
+                            .await
+                            .map_err(io_err)?;
                         break;
                     }
                     self.discard(part, &meta_path);
@@ -824,17 +871,22 @@ impl Fetcher {
                 if diverged {
                     // Not the bytes readers already sent: they must fail, not splice.
                     generation += 1;
+                    cut = Some(CHANGED.into());
                     tracing::info!(repo = %item.repo, path = %item.path, "the file changed during the transfer; clients mid-way were cut");
                 }
                 tx.send_modify(|phase| {
                     if let Phase::Streaming {
                         written: w,
                         generation: g,
+                        cut: c,
                         ..
                     } = phase
                     {
                         *w = p.written;
-                        *g = generation;
+                        if *g != generation {
+                            *g = generation;
+                            *c = cut.clone();
+                        }
                     }
                 });
             }
@@ -876,6 +928,7 @@ impl Fetcher {
                         total,
                         written: p.written,
                         generation,
+                        cut: cut.clone(),
                     });
                 }
                 continue;
@@ -883,6 +936,7 @@ impl Fetcher {
             if p.check.is_some() {
                 // The new file is shorter than what readers may already have sent.
                 generation += 1;
+                cut = Some(CHANGED.into());
                 p.check = None;
             }
             let digests = p.hasher.clone_finish();
@@ -900,7 +954,10 @@ impl Fetcher {
                         // Bad bytes from a peer or seed: leave it aside and start over from
                         // the next source; readers that already sent some of them are cut.
                         self.blame(&source, &what, true);
-                        p.start_over(true).await.map_err(io_err)?;
+                        let why = format!("the bytes {source} sent failed verification");
+                        cut_now(&mut p, tx, announced, &mut generation, &mut cut, why)
+                            .await
+                            .map_err(io_err)?;
                         source = self.next_source(item, &mut steps).await;
                         continue;
                     }
@@ -911,7 +968,10 @@ impl Fetcher {
                         foreign = false;
                         tracing::info!(repo = %item.repo, path = %item.path, reason = %what,
                             "the file did not verify after upstream resumed another source's bytes; fetching it whole from upstream");
-                        p.start_over(true).await.map_err(io_err)?;
+                        let why = "bytes another source sent failed verification".to_string();
+                        cut_now(&mut p, tx, announced, &mut generation, &mut cut, why)
+                            .await
+                            .map_err(io_err)?;
                         continue;
                     }
                     // The partial file goes too, so if a resumed download was the culprit,
@@ -1137,6 +1197,7 @@ impl Transfer {
                         written,
                         total,
                         generation,
+                        ..
                     } => {
                         let avail = match total {
                             Some(t) => (*written).min(t.saturating_sub(1)),
@@ -1151,9 +1212,11 @@ impl Transfer {
                 };
                 if generation != st.generation {
                     if st.offset > 0 {
-                        return fail(
-                            "upstream sent the file anew mid-transfer; this answer is aborted, ask again",
-                        );
+                        let why = match &phase {
+                            Phase::Streaming { cut: Some(c), .. } => c.to_string(),
+                            _ => CHANGED.to_string(),
+                        };
+                        return fail(&why);
                     }
                     st.generation = generation;
                 }

@@ -422,6 +422,85 @@ fn a_dead_fetcher_does_not_stop_the_site() {
     assert!(ok, "{}", site.nodes[1].status_json());
 }
 
+/// Readers of a transfer whose bytes came from a peer that then fails verification are cut at
+/// once, not when the next source has re-downloaded the whole file; a client that joins after
+/// that follows the next source and gets the right file.
+#[test]
+fn readers_of_bad_peer_bytes_are_cut_at_once_and_late_joiners_are_served() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lr-a", "1.0", 6 << 20)],
+    );
+    let up = Upstream::start(repo.dir());
+    let qa = free_port();
+    let mut oa = NodeOpts::new(&up.url());
+    oa.quic_listen = format!("127.0.0.1:{qa}");
+    let a = Node::start(oa);
+    let pkg = repo.package("lr-a");
+    assert_eq!(a.get("/test/repodata/repomd.xml").status, 200);
+    a.assert_serves(&pkg);
+    let blob = a
+        .blob_files()
+        .into_iter()
+        .find(|f| std::fs::metadata(f).is_ok_and(|m| m.len() == pkg.size))
+        .expect("A's blob");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    let mut ob = NodeOpts::new(&up.url());
+    ob.peers = vec![format!("127.0.0.1:{qa}")];
+    let b = Node::start(ob);
+    assert!(wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || healthy_peers(&b) == 1
+    ));
+    assert_eq!(b.get("/test/repodata/repomd.xml").status, 200);
+    up.clear_log();
+    // The re-download from upstream takes about 6 s.
+    up.throttle(Some(1 << 20));
+    let url = format!("{}/test/{}", b.url(), pkg.rel_path);
+    let joined_before = stat(&b, "joined_transfers");
+    let started = std::time::Instant::now();
+    let first: Vec<Response> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| http_get(&url, &[]))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let cut_after = started.elapsed();
+    for r in &first {
+        assert!(
+            !r.complete || sha256_hex(&r.body) == pkg.sha256_hex,
+            "a reader completed with bad bytes"
+        );
+    }
+    assert!(
+        first.iter().all(|r| !r.complete),
+        "every reader of the bad bytes is cut: {:?}",
+        first
+            .iter()
+            .map(|r| (r.status, r.body.len(), r.complete))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "readers were cut only after {cut_after:?}, not when the peer's bytes failed"
+    );
+    // A client that joins now follows the upstream transfer from byte 0.
+    let late = http_get(&url, &[]);
+    assert_eq!(late.status, 200);
+    assert!(late.complete, "the late joiner was cut");
+    assert_eq!(sha256_hex(&late.body), pkg.sha256_hex);
+    assert!(
+        stat(&b, "joined_transfers") >= joined_before + 3,
+        "the late client must have joined the running transfer: {}",
+        b.status_json()
+    );
+    assert_eq!(up.count(&pkg.file_name), 1, "{:?}", up.requests());
+    assert!(stat(&b, "peer_verify_failures") >= 1, "{}", b.status_json());
+}
+
 /// A peer that speaks garbage: each bad request gets an error answer on its own stream (or the
 /// stream is closed), the connection and the node carry on, and a path that leaves its repo or
 /// names an unconfigured repo is refused before any I/O.
