@@ -72,20 +72,41 @@ pub fn transfer_deadline(bytes: u64, min_rate: u64) -> Duration {
 /// Cap on [`transfer_deadline`], so a size nobody checked cannot overflow a clock.
 const LONGEST_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Errors of questions asked of the site. The text after the peer's name may carry what the
+/// peer sent (a refusal reason, an error message, a close reason): it is escaped when shown
+/// ([`printable`]), so a peer cannot forge log lines.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
-    #[error("peer {0} unreachable: {1}")]
+    #[error("peer {} unreachable: {}", .0, printable(.1))]
     Unreachable(String, String),
-    #[error("peer {0} refused this node: {1}")]
+    #[error("peer {} refused this node: {}", .0, printable(.1))]
     Refused(String, String),
-    #[error("peer {0} broke the protocol: {1}")]
+    #[error("peer {} broke the protocol: {}", .0, printable(.1))]
     Protocol(String, String),
-    #[error("peer {0}: {1}")]
+    #[error("peer {}: {}", .0, printable(.1))]
     Answered(String, String),
     #[error("peer {0} does not have it")]
     NotFound(String),
     #[error("peer {0} timed out")]
     Timeout(String),
+}
+
+/// Text a peer controls, made safe to log and show: control characters (newlines above all)
+/// escaped, and at most 512 characters.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(520));
+    for (i, c) in text.chars().enumerate() {
+        if i == 512 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A content reference on the wire: `blake3:<hex>` or `<metadata algo>:<hex>`.
@@ -745,12 +766,12 @@ impl Peers {
                             .is_some_and(|c| c.stable_id() == conn.stable_id())
                     {
                         e.conn = None;
-                        e.last_error = Some(format!("connection lost: {why}"));
+                        e.last_error = Some(printable(&format!("connection lost: {why}")));
                         e.retry_at = Some(Instant::now() + backoff(1));
                         e.failures = e.failures.max(1);
                     }
                 });
-                tracing::info!(peer = ?conn.remote_address(), reason = %why, "peer connection closed; redialling");
+                tracing::info!(peer = ?conn.remote_address(), reason = %printable(&why.to_string()), "peer connection closed; redialling");
                 me.wake.notify_one();
             });
         }
@@ -1049,7 +1070,7 @@ impl BodyState {
                         READ_TIMEOUT.as_secs()
                     ));
                 }
-                Ok(Err(e)) => return self.fail(format!("peer {}: {e}", self.name)),
+                Ok(Err(e)) => return self.fail(printable(&format!("peer {}: {e}", self.name))),
                 Ok(Ok(None)) => return self.end(),
                 Ok(Ok(Some(c))) => c.bytes,
             };
@@ -1118,15 +1139,16 @@ where
     T: for<'de> serde::Deserialize<'de> + wire::Checked,
 {
     let mut head = [0u8; 4];
+    // Every error may quote what the peer sent (a close reason, a bad field): escaped.
     recv.read_exact(&mut head)
         .await
-        .map_err(|e| format!("reading a frame header: {e}"))?;
+        .map_err(|e| printable(&format!("reading a frame header: {e}")))?;
     let n = wire::frame_len(head).map_err(|e| e.to_string())?;
     let mut body = vec![0u8; n];
     recv.read_exact(&mut body)
         .await
-        .map_err(|e| format!("reading a frame: {e}"))?;
-    wire::decode_body(&body).map_err(|e| e.to_string())
+        .map_err(|e| printable(&format!("reading a frame: {e}")))?;
+    wire::decode_body(&body).map_err(|e| printable(&e.to_string()))
 }
 
 #[cfg(test)]
@@ -1193,6 +1215,23 @@ mod tests {
             LONGEST_DEADLINE,
             "no overflow"
         );
+    }
+
+    #[test]
+    fn peer_text_cannot_forge_log_lines() {
+        assert_eq!(printable("busy"), "busy");
+        assert_eq!(
+            printable("a\nFORGED line\r\u{1b}[31m"),
+            "a\\nFORGED line\\r\\u{1b}[31m"
+        );
+        assert!(!printable("x\ny").contains('\n'));
+        assert_eq!(printable("é ünïcode"), "é ünïcode");
+        let long = "x".repeat(10_000);
+        assert_eq!(printable(&long).chars().count(), 513);
+        let e = PeerError::Refused("p".into(), "no\nFORGED-REFUSAL line".into());
+        assert!(!e.to_string().contains('\n'), "{e}");
+        let e = PeerError::Answered("p".into(), "busy\nFORGED-ERROR".into());
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub async fn serve(local: Arc<Local>, mut stop: tokio::sync::watch::Receiver<boo
         let (local, gate) = (local.clone(), gate.clone());
         tokio::spawn(async move {
             if let Err(e) = connection(local, gate, incoming, slot).await {
-                tracing::debug!(%remote, error = %e, "peer connection ended");
+                tracing::debug!(%remote, error = %super::printable(&e), "peer connection ended");
             }
         });
     }
@@ -276,6 +276,8 @@ async fn connection(
     )
     .await?;
     let _ = send.finish();
+    // The hello's stream is done: it must not hold one of the peer's stream slots.
+    drop(send);
     local.peers.learn(id, listen);
     loop {
         // At most `ADMITTED_STREAMS` are open at once (the transport's stream limit).
@@ -286,7 +288,7 @@ async fn connection(
         let local = local.clone();
         tokio::spawn(async move {
             if let Err(e) = stream(local, send, recv).await {
-                tracing::debug!(peer = %id, error = %e, "peer request failed");
+                tracing::debug!(peer = %id, error = %super::printable(&e), "peer request failed");
             }
         });
     }

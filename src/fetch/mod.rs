@@ -35,8 +35,8 @@ use crate::stats::Stats;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
-/// Upstream attempts one transfer makes at most (resumes and restarts included).
-const MAX_ATTEMPTS: u32 = 16;
+mod rules;
+use rules::{Blame, Kind, Next, Restart, Rules};
 
 /// Size of the pieces readers take from a growing file.
 const READ_CHUNK: usize = 256 * 1024;
@@ -244,7 +244,16 @@ impl Source {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    /// How the transfer rules treat it.
+    fn rules_kind(&self) -> Kind {
+        match self {
+            Source::Upstream => Kind::Upstream,
+            _ => Kind::Other,
+        }
+    }
+
+    /// Where the bytes came from, in words for the log ("fetched from …").
+    fn origin(&self) -> &'static str {
         match self {
             Source::Holder(_) | Source::Fetcher(_) => "the site",
             Source::Seed(_) => "a seed directory",
@@ -383,38 +392,19 @@ impl Part {
     }
 }
 
-/// Readers' message when the file changed under them (a new generation from upstream).
-const CHANGED: &str = "upstream sent the file anew mid-transfer; this answer is aborted, ask again";
-
-/// Known-bad bytes are in the part file: drop them, and cut now every reader that sent any
-/// (`why` is their error); readers that join from here on follow the next source from byte 0.
-async fn cut_now(
-    p: &mut Part,
-    tx: &watch::Sender<Phase>,
-    announced: bool,
-    generation: &mut u32,
-    cut: &mut Option<Arc<str>>,
-    why: String,
-) -> io::Result<()> {
-    p.start_over(false).await?;
-    *generation += 1;
-    *cut = Some(format!("{why}; this answer is aborted, ask again").into());
-    if announced {
-        tx.send_modify(|phase| {
-            if let Phase::Streaming {
-                written,
-                generation: g,
-                cut: c,
-                ..
-            } = phase
-            {
-                *written = 0;
-                *g = *generation;
-                *c = cut.clone();
-            }
-        });
+/// Tells readers what changed (the stream started, a new generation, another total);
+/// true when there was something to tell.
+fn publish(tx: &watch::Sender<Phase>, rules: &mut Rules) -> bool {
+    if !rules.take_publish() {
+        return false;
     }
-    Ok(())
+    tx.send_replace(Phase::Streaming {
+        total: rules.total(),
+        written: rules.written(),
+        generation: rules.generation(),
+        cut: rules.cut().map(Arc::from),
+    });
+    true
 }
 
 /// After a restart from zero: the first `len` bytes held before, by hash, to compare the new
@@ -637,17 +627,8 @@ impl Fetcher {
             also,
             synced: written,
         };
-        let mut announced = p.written > 0;
-        let mut generation = 0u32;
-        let mut cut: Option<Arc<str>> = None;
-        let mut first_total: Option<Option<u64>> = None;
-        // Progress is measured against the most bytes ever held, so a mirror that breaks off
-        // at the same point after every restart from zero cannot keep us looping.
-        let mut best = p.written;
-        let mut failures_without_progress = 0u32;
-        let mut attempts = 0u32;
-        // Whether the part file holds bytes from a source other than upstream.
-        let mut foreign = false;
+        let validated = meta.etag.is_some() || meta.last_modified.is_some();
+        let mut rules = Rules::new(item.expected.is_some(), self.retries, p.written, validated);
         let mut steps = plan(
             item.site && self.peers.is_some(),
             item.expected
@@ -662,32 +643,37 @@ impl Fetcher {
         } else {
             self.next_source(item, &mut steps).await
         };
+        let want_size = item.expected.as_ref().and_then(|e| e.size);
 
-        let (etag, last_modified, source) = loop {
+        let (etag, last_modified, source) = 'source: loop {
             if matches!(source, Source::Held) {
                 tracing::info!(repo = %item.repo, path = %item.path, bytes = p.written, "every byte was already held from an earlier download; verified, not fetched again");
                 break (meta.etag.clone(), meta.last_modified.clone(), source);
             }
-            let ask = Ask {
-                from: p.written,
-                if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
-                if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
-                if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
-            };
+            rules.use_source(source.rules_kind(), source.to_string());
             let opened = match &source {
-                Source::Upstream => self.upstream.open(&item.repo, &item.path, &ask).await,
+                Source::Upstream => {
+                    let ask = Ask {
+                        from: p.written,
+                        if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
+                        if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
+                        if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
+                    };
+                    self.upstream.open(&item.repo, &item.path, &ask).await
+                }
                 other => match self.open_other(item, other, p.written).await {
                     Ok(b) => Ok(Opened::Body(b)),
                     Err(e) => {
-                        // Any failure but upstream's: on to the next source, keeping
-                        // content-addressed bytes.
-                        self.blame(&source, &e, false);
                         tracing::info!(repo = %item.repo, path = %item.path, source = %source, error = %e, "could not get the file there; trying the next source");
-                        if item.expected.is_none() && p.written > 0 {
-                            p.start_over(first_total.is_some()).await.map_err(io_err)?;
+                        let step = rules.open_failed(e);
+                        self.restart(&mut p, tx, &rules, step.restart)
+                            .await
+                            .map_err(io_err)?;
+                        if let Next::NextSource(blame) = step.next {
+                            self.blame(&source, &blame);
                         }
                         source = self.next_source(item, &mut steps).await;
-                        continue;
+                        continue 'source;
                     }
                 },
             };
@@ -703,22 +689,21 @@ impl Fetcher {
                     // range answer we cannot use): drop it and start over.
                     tracing::info!(repo = %item.repo, path = %item.path, status = code,
                         "upstream refused to resume; restarting from zero");
-                    p.start_over(first_total.is_some()).await.map_err(io_err)?;
+                    let step = rules.resume_refused();
+                    self.restart(&mut p, tx, &rules, step.restart)
+                        .await
+                        .map_err(io_err)?;
                     meta = PartMeta::default();
                     let _ = std::fs::remove_file(&meta_path);
-                    continue;
+                    continue 'source;
                 }
                 Err(e) => {
-                    if p.written == 0 {
-                        drop(p);
-                        let _ = std::fs::remove_file(part);
-                    }
-                    return Err(e.into());
+                    let step = rules.upstream_failed(e);
+                    return Err(self.fail(step.next, part, &meta_path));
                 }
             };
             if !body.resumed && p.written > 0 {
                 tracing::info!(repo = %item.repo, path = %item.path, source = %source, "the source sent the whole file instead of the rest; restarting from zero");
-                p.start_over(first_total.is_some()).await.map_err(io_err)?;
             }
             meta = PartMeta {
                 etag: body.etag.clone(),
@@ -728,257 +713,127 @@ impl Fetcher {
             if let Ok(b) = serde_json::to_vec(&meta) {
                 let _ = tokio::fs::write(&meta_path, b).await;
             }
-            let want_size = item.expected.as_ref().and_then(|e| e.size);
-            if let (Some(w), Some(t)) = (want_size, body.total)
-                && w != t
-            {
-                if !matches!(source, Source::Upstream) {
-                    self.blame(
-                        &source,
-                        &format!("announced {t} bytes, metadata says {w}"),
-                        true,
-                    );
+            let step = rules.opened(
+                body.total,
+                body.resumed,
+                want_size,
+                body.etag.is_some() || body.last_modified.is_some(),
+            );
+            self.restart(&mut p, tx, &rules, step.restart)
+                .await
+                .map_err(io_err)?;
+            match step.next {
+                Next::Read => {}
+                Next::NextSource(blame) => {
+                    self.blame(&source, &blame);
                     source = self.next_source(item, &mut steps).await;
-                    continue;
+                    continue 'source;
                 }
-                self.discard(part, &meta_path);
-                return Err(FetchError::Verify(format!(
-                    "upstream {} says {t} bytes, metadata says {w}",
-                    body.url
-                )));
+                other => return Err(self.fail(other, part, &meta_path)),
             }
-            let total = want_size.or(body.total);
-            if first_total.is_some_and(|t| t != total) {
-                // A different length than clients were told: they must not end cleanly.
-                generation += 1;
-                cut = Some(CHANGED.into());
-            }
-            first_total.get_or_insert(total);
-            if announced {
-                tx.send_replace(Phase::Streaming {
-                    total,
-                    written: p.written,
-                    generation,
-                    cut: cut.clone(),
-                });
-            }
+            publish(tx, &mut rules);
 
             let from_upstream = matches!(source, Source::Upstream);
-            let mut broke = None;
             let mut stream = body.stream;
             // A peer must keep a minimum pace (deadline from the size it has to send), or the
             // transfer goes on from the next source.
-            let pace = source.min_rate().map(|rate| Pace {
+            let mut pace = source.min_rate().map(|rate| Pace {
                 start: tokio::time::Instant::now(),
                 rate,
-                remaining: total.map(|t| t.saturating_sub(p.written)),
+                remaining: rules.total().map(|t| t.saturating_sub(p.written)),
                 got: 0,
             });
-            let mut pace = pace;
-            loop {
+            let step = loop {
                 let next = match &pace {
                     Some(pc) => match tokio::time::timeout_at(pc.deadline(), stream.next()).await {
                         Ok(n) => n,
-                        Err(_) => {
-                            let why = pc.too_slow();
-                            if let (Source::Holder(peer) | Source::Fetcher(peer), Some(peers)) =
-                                (&source, &self.peers)
-                            {
-                                peers.too_slow(peer, &why);
-                            }
-                            broke = Some(why);
-                            break;
-                        }
+                        Err(_) => break rules.too_slow(pc.too_slow()),
                     },
                     None => stream.next().await,
                 };
-                let Some(chunk) = next else { break };
-                if let (Some(pc), Ok(c)) = (&mut pace, &chunk) {
-                    pc.got += c.len() as u64;
-                }
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(e) => {
-                        broke = Some(e);
-                        break;
-                    }
+                let chunk = match next {
+                    None => match rules.ended() {
+                        Some(step) => break step,
+                        None => {
+                            p.file.flush().await.map_err(io_err)?;
+                            let digests = p.hasher.clone_finish();
+                            let result =
+                                check_expected(&item.path, item.expected.as_ref(), &digests);
+                            if result.is_err() {
+                                Stats::inc(&self.stats.verify_failures);
+                            }
+                            let pending = p.check.take().is_some();
+                            break rules.verified(result, pending);
+                        }
+                    },
+                    Some(Err(e)) => break rules.broke(e),
+                    Some(Ok(c)) => c,
                 };
-                if p.written == 0
-                    && let Err(bad) = upstream::check_first_bytes(&item.path, &chunk)
-                {
-                    if !matches!(source, Source::Upstream) {
-                        self.blame(&source, &"sent something that is not the named file", true);
-                        broke = Some("bad start".into());
-                        break;
-                    }
-                    self.discard(part, &meta_path);
-                    return Err(match bad {
-                        BadStart::Html => {
+                if let Some(pc) = &mut pace {
+                    pc.got += chunk.len() as u64;
+                }
+                if p.written == 0 {
+                    let check = upstream::check_first_bytes(&item.path, &chunk);
+                    match &check {
+                        Err(BadStart::Html) if from_upstream => {
                             tracing::warn!(url = %body.url, "upstream sent an HTML page instead of the file (captive portal?); not stored");
-                            UpstreamError::Html.into()
                         }
-                        BadStart::NotA(what) => {
-                            Stats::inc(&self.stats.verify_failures);
-                            FetchError::Verify(format!(
-                                "upstream {} sent something that is not {what}; not stored",
-                                body.url
-                            ))
+                        Err(BadStart::NotA(_)) if from_upstream => {
+                            Stats::inc(&self.stats.verify_failures)
                         }
-                    });
-                }
-                if !announced {
-                    // Readers are told only once the start of the body looked right, so a
-                    // refused body is a clean error answer rather than a cut one.
-                    tx.send_replace(Phase::Streaming {
-                        total,
-                        written: p.written,
-                        generation,
-                        cut: cut.clone(),
-                    });
-                    announced = true;
-                }
-                if let Some(t) = total
-                    && p.written + chunk.len() as u64 > t
-                {
-                    if !matches!(source, Source::Upstream) {
-                        self.blame(
-                            &source,
-                            &format!("sent more than the {t} bytes expected"),
-                            true,
-                        );
-                        broke = Some("too long".into());
-                        let why = format!("{source} sent more bytes than the file has");
-                        cut_now(&mut p, tx, announced, &mut generation, &mut cut, why)
-                            .await
-                            .map_err(io_err)?;
-                        break;
+                        _ => {}
                     }
-                    self.discard(part, &meta_path);
-                    return Err(FetchError::Verify(format!(
-                        "upstream {} sent more than the {t} bytes expected",
-                        body.url
-                    )));
+                    let step = rules.first_bytes(check);
+                    if !matches!(step.next, Next::Read) {
+                        break step;
+                    }
+                    publish(tx, &mut rules);
+                }
+                let step = rules.piece(chunk.len() as u64);
+                if !matches!(step.next, Next::Read) {
+                    break step;
                 }
                 let diverged = p.append(&chunk).await.map_err(|e| {
                     self.discard(part, &meta_path);
                     io_err(e)
                 })?;
+                rules.appended(chunk.len() as u64, diverged);
                 if from_upstream {
                     Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
-                } else {
-                    foreign = true;
                 }
                 if diverged {
-                    // Not the bytes readers already sent: they must fail, not splice.
-                    generation += 1;
-                    cut = Some(CHANGED.into());
                     tracing::info!(repo = %item.repo, path = %item.path, "the file changed during the transfer; clients mid-way were cut");
                 }
-                tx.send_modify(|phase| {
-                    if let Phase::Streaming {
-                        written: w,
-                        generation: g,
-                        cut: c,
-                        ..
-                    } = phase
-                    {
-                        *w = p.written;
-                        if *g != generation {
-                            *g = generation;
-                            *c = cut.clone();
+                if !publish(tx, &mut rules) {
+                    tx.send_modify(|phase| {
+                        if let Phase::Streaming { written, .. } = phase {
+                            *written = p.written;
                         }
-                    }
-                });
-            }
-            p.file.flush().await.map_err(io_err)?;
-            if broke.is_none()
-                && let Some(t) = total
-                && p.written < t
-            {
-                broke = Some(format!("body ended after {} of {t} bytes", p.written));
-            }
-            if let Some(why) = broke {
-                if !matches!(source, Source::Upstream) {
-                    // A peer or seed that broke off: the next source continues where it
-                    // stopped (the bytes are checked against the checksum at the end).
-                    self.blame(&source, &why, false);
-                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, reason = %why, "transfer broke off; trying the next source");
-                    if item.expected.is_none() {
-                        p.start_over(first_total.is_some()).await.map_err(io_err)?;
-                    }
-                    source = self.next_source(item, &mut steps).await;
-                    continue;
-                }
-                attempts += 1;
-                if p.written > best {
-                    best = p.written;
-                    failures_without_progress = 0;
-                } else {
-                    failures_without_progress += 1;
-                }
-                if failures_without_progress > self.retries || attempts > MAX_ATTEMPTS {
-                    // Keep the partial file: the next request resumes it.
-                    return Err(FetchError::Interrupted(why));
-                }
-                tracing::info!(repo = %item.repo, path = %item.path, at = p.written, reason = %why, "transfer broke off; resuming");
-                if meta.etag.is_none() && meta.last_modified.is_none() && item.expected.is_none() {
-                    // Nothing to validate a resume with: start over.
-                    p.start_over(first_total.is_some()).await.map_err(io_err)?;
-                    tx.send_replace(Phase::Streaming {
-                        total,
-                        written: p.written,
-                        generation,
-                        cut: cut.clone(),
                     });
                 }
-                continue;
-            }
-            if p.check.is_some() {
-                // The new file is shorter than what readers may already have sent.
-                generation += 1;
-                cut = Some(CHANGED.into());
-                p.check = None;
-            }
-            let digests = p.hasher.clone_finish();
-            match check_expected(&item.path, item.expected.as_ref(), &digests) {
-                Ok(()) => {
+            };
+            p.file.flush().await.map_err(io_err)?;
+            self.restart(&mut p, tx, &rules, step.restart)
+                .await
+                .map_err(io_err)?;
+            match step.next {
+                Next::Read => {}
+                Next::Install => {
                     if self.is_peer(&source) {
                         Stats::inc(&self.stats.from_peers);
                         tracing::debug!(repo = %item.repo, path = %item.path, source = %source, "verified bytes from the site");
                     }
                     break (body.etag, body.last_modified, source);
                 }
-                Err(what) => {
-                    Stats::inc(&self.stats.verify_failures);
-                    if !matches!(source, Source::Upstream) {
-                        // Bad bytes from a peer or seed: leave it aside and start over from
-                        // the next source; readers that already sent some of them are cut.
-                        self.blame(&source, &what, true);
-                        let why = format!("the bytes {source} sent failed verification");
-                        cut_now(&mut p, tx, announced, &mut generation, &mut cut, why)
-                            .await
-                            .map_err(io_err)?;
-                        source = self.next_source(item, &mut steps).await;
-                        continue;
-                    }
-                    if foreign {
-                        // Upstream resumed what a peer or seed that broke off had sent, and the
-                        // whole does not verify: those bytes were bad. Once, from zero, from
-                        // upstream alone (readers that sent them are cut).
-                        foreign = false;
-                        tracing::info!(repo = %item.repo, path = %item.path, reason = %what,
-                            "the file did not verify after upstream resumed another source's bytes; fetching it whole from upstream");
-                        let why = "bytes another source sent failed verification".to_string();
-                        cut_now(&mut p, tx, announced, &mut generation, &mut cut, why)
-                            .await
-                            .map_err(io_err)?;
-                        continue;
-                    }
-                    // The partial file goes too, so if a resumed download was the culprit,
-                    // the next request starts from zero.
-                    self.discard(part, &meta_path);
-                    return Err(FetchError::Verify(what));
+                Next::Resume => {
+                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "resuming");
                 }
+                Next::NextSource(blame) => {
+                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "trying the next source");
+                    self.blame(&source, &blame);
+                    source = self.next_source(item, &mut steps).await;
+                }
+                fail @ Next::Fail { .. } => return Err(self.fail(fail, part, &meta_path)),
             }
         };
 
@@ -1009,10 +864,10 @@ impl Fetcher {
         Ok(Finished::Stored(Done {
             blob: digests.blake3,
             size: digests.len,
-            generation,
+            generation: rules.generation(),
             etag,
             last_modified,
-            from: source.kind(),
+            from: source.origin(),
         }))
     }
 
@@ -1043,21 +898,70 @@ impl Fetcher {
         Source::Upstream
     }
 
-    /// A source other than upstream failed: a transport failure is noted; bad bytes (`bad`)
-    /// put a peer aside, and are logged for a seed (its disk is damaged).
-    fn blame(&self, s: &Source, why: &dyn std::fmt::Display, bad: bool) {
-        match (s, &self.peers) {
-            (Source::Holder(p) | Source::Fetcher(p), Some(peers)) if bad => {
-                peers.put_aside(p, &why.to_string())
+    /// A source other than upstream was left: a failure to deliver is noted; bad bytes or a
+    /// pace below the minimum put a peer aside; bad bytes from a seed are logged (its disk is
+    /// damaged).
+    fn blame(&self, s: &Source, blame: &Blame) {
+        match (s, &self.peers, blame) {
+            (Source::Holder(p) | Source::Fetcher(p), Some(peers), Blame::BadBytes(why)) => {
+                peers.put_aside(p, why)
             }
-            (Source::Holder(p) | Source::Fetcher(p), Some(peers)) => {
-                peers.note_failure(p, &why.to_string())
+            (Source::Holder(p) | Source::Fetcher(p), Some(peers), Blame::TooSlow(why)) => {
+                peers.too_slow(p, why)
             }
-            (Source::Seed(f), _) if bad => {
-                Stats::inc(&self.stats.verify_failures);
+            (Source::Holder(p) | Source::Fetcher(p), Some(peers), Blame::Failed(why)) => {
+                peers.note_failure(p, why)
+            }
+            (Source::Seed(f), _, Blame::BadBytes(why)) => {
                 tracing::warn!(file = %f.path.display(), reason = %why, "a seed directory file failed verification (damaged disk?); not used");
             }
             _ => {}
+        }
+    }
+
+    /// Empties the part file as a step of the rules says, and tells readers (the new length,
+    /// and the new generation with why their bytes were cut, if any).
+    async fn restart(
+        &self,
+        p: &mut Part,
+        tx: &watch::Sender<Phase>,
+        rules: &Rules,
+        restart: Option<Restart>,
+    ) -> io::Result<()> {
+        let Some(r) = restart else {
+            return Ok(());
+        };
+        p.start_over(r == Restart::Compare).await?;
+        if rules.announced() {
+            tx.send_modify(|phase| {
+                if let Phase::Streaming {
+                    written,
+                    generation,
+                    cut,
+                    ..
+                } = phase
+                {
+                    *written = 0;
+                    if *generation != rules.generation() {
+                        *generation = rules.generation();
+                        *cut = rules.cut().map(Arc::from);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The error a failing step ends the transfer with; its partial file goes unless kept.
+    fn fail(&self, next: Next, part: &PathBuf, meta: &PathBuf) -> FetchError {
+        match next {
+            Next::Fail { error, keep_part } => {
+                if !keep_part {
+                    self.discard(part, meta);
+                }
+                error
+            }
+            other => FetchError::Store(format!("transfer rules: unexpected step {other:?}")),
         }
     }
 
@@ -1214,7 +1118,7 @@ impl Transfer {
                     if st.offset > 0 {
                         let why = match &phase {
                             Phase::Streaming { cut: Some(c), .. } => c.to_string(),
-                            _ => CHANGED.to_string(),
+                            _ => rules::CHANGED.to_string(),
                         };
                         return fail(&why);
                     }
