@@ -669,7 +669,7 @@ impl Fetcher {
                         self.restart(&mut p, tx, &rules, step.restart)
                             .await
                             .map_err(io_err)?;
-                        if let Next::NextSource(blame) = step.next {
+                        if let Next::OtherSource(blame) = step.next {
                             self.blame(&source, &blame);
                         }
                         source = self.next_source(item, &mut steps).await;
@@ -724,7 +724,7 @@ impl Fetcher {
                 .map_err(io_err)?;
             match step.next {
                 Next::Read => {}
-                Next::NextSource(blame) => {
+                Next::OtherSource(blame) => {
                     self.blame(&source, &blame);
                     source = self.next_source(item, &mut steps).await;
                     continue 'source;
@@ -828,7 +828,7 @@ impl Fetcher {
                 Next::Resume => {
                     tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "resuming");
                 }
-                Next::NextSource(blame) => {
+                Next::OtherSource(blame) => {
                     tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "trying the next source");
                     self.blame(&source, &blame);
                     source = self.next_source(item, &mut steps).await;

@@ -70,7 +70,7 @@ pub enum Next {
     /// Open the same source again, from the part file's length.
     Resume,
     /// Leave this source (blamed) and open the next one.
-    NextSource(Blame),
+    OtherSource(Blame),
     /// Every byte is there and verified: install.
     Install,
     /// Give up; `keep_part`: leave the partial file for a later resume.
@@ -188,7 +188,7 @@ impl Rules {
     pub fn open_failed(&mut self, why: String) -> Step {
         Step {
             restart: self.restart_unless_content_addressed(),
-            next: Next::NextSource(Blame::Failed(why)),
+            next: Next::OtherSource(Blame::Failed(why)),
         }
     }
 
@@ -228,7 +228,7 @@ impl Rules {
             return match self.kind {
                 Kind::Other => Step {
                     restart,
-                    next: Next::NextSource(Blame::BadBytes(what)),
+                    next: Next::OtherSource(Blame::BadBytes(what)),
                 },
                 Kind::Upstream => Step {
                     restart,
@@ -265,7 +265,7 @@ impl Rules {
                 }
                 Step::next(Next::Read)
             }
-            (Err(_), Kind::Other) => Step::next(Next::NextSource(Blame::BadBytes(
+            (Err(_), Kind::Other) => Step::next(Next::OtherSource(Blame::BadBytes(
                 "sent something that is not the named file".into(),
             ))),
             (Err(BadStart::Html), Kind::Upstream) => Step::next(Next::Fail {
@@ -292,7 +292,7 @@ impl Rules {
                         let why = format!("{} sent more bytes than the file has", self.source);
                         Step {
                             restart: Some(self.restart_bad(why)),
-                            next: Next::NextSource(Blame::BadBytes(what)),
+                            next: Next::OtherSource(Blame::BadBytes(what)),
                         }
                     }
                     Kind::Upstream => Step::next(Next::Fail {
@@ -321,7 +321,7 @@ impl Rules {
     pub fn too_slow(&mut self, why: String) -> Step {
         Step {
             restart: self.restart_unless_content_addressed(),
-            next: Next::NextSource(Blame::TooSlow(why)),
+            next: Next::OtherSource(Blame::TooSlow(why)),
         }
     }
 
@@ -343,7 +343,7 @@ impl Rules {
             // the whole is checked at the end).
             return Step {
                 restart: self.restart_unless_content_addressed(),
-                next: Next::NextSource(Blame::Failed(why)),
+                next: Next::OtherSource(Blame::Failed(why)),
             };
         }
         self.attempts += 1;
@@ -386,7 +386,7 @@ impl Rules {
                 let why = format!("the bytes {} sent failed verification", self.source);
                 Step {
                     restart: Some(self.restart_bad(why)),
-                    next: Next::NextSource(Blame::BadBytes(what)),
+                    next: Next::OtherSource(Blame::BadBytes(what)),
                 }
             }
             Kind::Upstream if self.foreign => {
@@ -598,19 +598,19 @@ mod tests {
             r.open_failed("unreachable".into()),
             Step {
                 restart: None,
-                next: Next::NextSource(Blame::Failed(_))
+                next: Next::OtherSource(Blame::Failed(_))
             }
         ));
         stream(&mut r, 100, 30);
         // Broke off: the bytes are kept for the next source (content-addressed).
         let s = r.broke("reset".into());
         assert!(s.restart.is_none());
-        assert!(matches!(s.next, Next::NextSource(Blame::Failed(_))));
+        assert!(matches!(s.next, Next::OtherSource(Blame::Failed(_))));
         let s = r.too_slow("trickle".into());
-        assert!(matches!(s.next, Next::NextSource(Blame::TooSlow(_))));
+        assert!(matches!(s.next, Next::OtherSource(Blame::TooSlow(_))));
         assert!(matches!(
             r.first_bytes(Err(BadStart::NotA("an RPM"))).next,
-            Next::NextSource(Blame::BadBytes(_))
+            Next::OtherSource(Blame::BadBytes(_))
         ));
         // Without a checksum a change of source starts over.
         let mut r = Rules::new(false, 3, 0, false);
@@ -627,7 +627,7 @@ mod tests {
         r.take_publish();
         let s = r.verified(Err("sha256 differs".into()), false);
         match (&s.restart, &s.next) {
-            (Some(Restart::Cut(m)), Next::NextSource(Blame::BadBytes(_))) => {
+            (Some(Restart::Cut(m)), Next::OtherSource(Blame::BadBytes(_))) => {
                 assert!(m.contains("peer x"), "{m}")
             }
             other => panic!("{other:?}"),
@@ -646,7 +646,7 @@ mod tests {
         stream(&mut r, 100, 90);
         let s = r.piece(20);
         assert!(matches!(s.restart, Some(Restart::Cut(_))));
-        assert!(matches!(s.next, Next::NextSource(Blame::BadBytes(_))));
+        assert!(matches!(s.next, Next::OtherSource(Blame::BadBytes(_))));
     }
 
     #[test]
