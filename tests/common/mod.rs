@@ -28,6 +28,7 @@
 
 pub mod dnf;
 pub mod http;
+pub mod hostile;
 pub mod netns;
 pub mod node;
 pub mod rpm;
