@@ -165,9 +165,9 @@ pub fn grind(keys: &[String], others: &[NodeId]) -> (tempfile::TempDir, Identity
         let t = super::temp();
         std::fs::create_dir_all(t.path().join("data")).expect("data dir");
         let id = Identity::load_or_create(&t.path().join("data")).expect("identity");
-        let wins = keys.iter().all(|k| {
-            rendezvous(k, others.iter().copied().chain([id.id])) == Some(id.id)
-        });
+        let wins = keys
+            .iter()
+            .all(|k| rendezvous(k, others.iter().copied().chain([id.id])) == Some(id.id));
         if wins {
             return (t, id);
         }
@@ -455,7 +455,9 @@ async fn connection(
         return Err("first request not a hello".into());
     };
     let exported = SiteAuth::exported(&conn)?;
-    let proof_ok = site.check(&exported, Role::Dialler, proof.as_deref()).is_ok();
+    let proof_ok = site
+        .check(&exported, Role::Dialler, proof.as_deref())
+        .is_ok();
     state.note("hello", format!("proof ok: {proof_ok}"));
     if let Some(reason) = state.script().close_reason {
         conn.close(1u32.into(), reason.as_bytes());
@@ -580,7 +582,11 @@ async fn answer(
                     Some(b.slice(offset as usize..)),
                     script.trickle_fetch,
                 ),
-                _ => (error(ErrorKind::Unavailable, "cannot fetch that"), None, None),
+                _ => (
+                    error(ErrorKind::Unavailable, "cannot fetch that"),
+                    None,
+                    None,
+                ),
             }
         }
         Request::Snapshot { .. } => match script.snapshot {
@@ -594,16 +600,14 @@ async fn answer(
         return Ok(());
     };
     match trickle {
-        None => {
-            match tokio::time::timeout(STEP_TIMEOUT * 3, send.write_chunk(body)).await {
-                Ok(Ok(())) => {
-                    let _ = send.finish();
-                }
-                _ => {
-                    let _ = send.reset(1u32.into());
-                }
+        None => match tokio::time::timeout(STEP_TIMEOUT * 3, send.write_chunk(body)).await {
+            Ok(Ok(())) => {
+                let _ = send.finish();
             }
-        }
+            _ => {
+                let _ = send.reset(1u32.into());
+            }
+        },
         Some(every) => {
             // One byte per `every`, for at most TRICKLE_MAX, then a reset (never a clean end
             // of a body that was not sent whole).

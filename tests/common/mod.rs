@@ -27,8 +27,8 @@
 #![allow(unused_imports)]
 
 pub mod dnf;
-pub mod http;
 pub mod hostile;
+pub mod http;
 pub mod netns;
 pub mod node;
 pub mod rpm;
