@@ -675,7 +675,11 @@ fn site_snapshot_is_not_taken_on_a_keyless_site_unless_trust_lan() {
     let st = snap_status(&t.n);
     assert_eq!(st["source"], "upstream", "{st}");
     assert_eq!(st["stale"], true, "{st}");
-    assert!(!t.n.log().contains("from the site"), "{}", t.n.log_tail(30));
+    assert!(
+        !t.n.log().contains("from the site, not confirmed upstream"),
+        "{}",
+        t.n.log_tail(30)
+    );
 
     // trust_lan = true under [node]: now it may.
     t.n.stop();
