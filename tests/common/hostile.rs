@@ -149,11 +149,15 @@ impl SiteSpec {
     }
 }
 
-/// Writes a site key file (what `openssl rand -hex 32` would make) and returns its path.
+/// Writes a site key file as the README says to make one (`openssl rand -hex 32`, mode 0600)
+/// and returns its path.
 pub fn write_site_key(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.join("site.key");
-    let secret: String = super::hex(blake3::hash(dir.to_string_lossy().as_bytes()).as_bytes());
+    let seed = format!("{} {:?}", dir.display(), Instant::now());
+    let secret: String = super::hex(blake3::hash(seed.as_bytes()).as_bytes());
     std::fs::write(&p, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
 }
 
