@@ -365,6 +365,10 @@ impl HostilePeer {
             .await
             .map_err(|_| "no answer to hello".to_string())??;
             state.note("dialled", format!("{answer:?}"));
+            if let Response::Welcome { proof, .. } = &answer {
+                site.check(&exported, Role::Listener, proof.as_deref())
+                    .map_err(|why| format!("the node's welcome does not prove the key: {why}"))?;
+            }
             // Keep the connection alive while the runtime lives.
             tokio::spawn(async move {
                 let _ = conn.closed().await;
