@@ -1201,3 +1201,84 @@ fn peer_strings_never_forge_log_lines() {
     }
     assert!(report.is_empty(), "log injection:\n{}", report.join("\n"));
 }
+
+/// Admission also bounds a member of the site: at most 4 connections per node id, 64 streams
+/// at once per connection (the hello's included), and 10 s to send a whole request on a
+/// stream it opened.
+#[test]
+fn admitted_peers_are_bounded_too() {
+    let dir = temp();
+    fs::create_dir_all(dir.path().join("mirror")).unwrap();
+    let up = Upstream::start(&dir.path().join("mirror"));
+    let site = keyed_site(dir.path());
+    let node = Node::start(node_opts(&up, &site, dir.path().join("node"), vec![]));
+    let quic: SocketAddr = node.status_json()["quic_listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let member = HostilePeer::start(&site);
+    let mut conns = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        match member.dial_conn(quic) {
+            Ok((c, a)) => {
+                conns.push(c);
+                answers.push(format!("{a:?}"));
+            }
+            Err(e) => answers.push(e),
+        }
+    }
+    let welcomed = answers.iter().filter(|a| a.starts_with("Welcome")).count();
+    eprintln!("MEASURED admitted: 6 connections from one node id: {answers:#?}");
+    assert_eq!(welcomed, 4, "{answers:#?}");
+    assert!(
+        answers[4..].iter().all(|a| a.contains("already has 4")),
+        "{answers:#?}"
+    );
+
+    // 64 streams at once, not 65.
+    let conn = conns[0].clone();
+    let (opened, blocked) = member.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            match tokio::time::timeout(secs(2), conn.open_bi()).await {
+                Ok(Ok((mut s, r))) => {
+                    // Start a request (its first byte) so the stream exists at the node.
+                    let _ = s.write_all(&[0]).await;
+                    held.push((s, r));
+                }
+                _ => break,
+            }
+        }
+        let blocked = tokio::time::timeout(Duration::from_millis(1500), conn.open_bi())
+            .await
+            .is_err();
+        (held.len(), blocked)
+    });
+    eprintln!("MEASURED admitted: streams opened at once {opened}, 65th blocked: {blocked}");
+    // 64 in all: the hello's stream may still hold one of them.
+    assert!(
+        (63..=64).contains(&opened),
+        "{opened} streams opened at once"
+    );
+    assert!(blocked, "a 65th stream opened at once");
+
+    // A request that never completes loses its stream within about 10 s.
+    let conn = conns[1].clone();
+    let (took, got) = member.block_on(async {
+        let t = Instant::now();
+        let (mut s, mut r) = conn.open_bi().await.expect("stream");
+        s.write_all(&[0, 0, 0, 40, b'{']).await.expect("write");
+        let got = tokio::time::timeout(secs(25), r.read_to_end(1 << 16)).await;
+        (t.elapsed(), format!("{got:?}"))
+    });
+    eprintln!("MEASURED admitted: unfinished request ended after {took:?}: {got}");
+    assert!(
+        took >= secs(8) && took < secs(15),
+        "unfinished request ended after {took:?}: {got}"
+    );
+    assert!(got.contains("Err") || got.contains("reset"), "{got}");
+    let mut node = node;
+    assert!(node.is_running());
+}

@@ -327,6 +327,12 @@ impl HostilePeer {
     /// answer to the hello. The connection is kept open (the node admits us and dials back)
     /// until the peer is dropped.
     pub fn dial(&self, addr: SocketAddr) -> Result<Response, String> {
+        self.dial_conn(addr).map(|(_, answer)| answer)
+    }
+
+    /// [`HostilePeer::dial`], also returning the connection (to send raw requests on with
+    /// [`HostilePeer::block_on`]).
+    pub fn dial_conn(&self, addr: SocketAddr) -> Result<(quinn::Connection, Response), String> {
         let rt = self.rt.as_ref().unwrap();
         let endpoint = self.endpoint.clone();
         let identity = self.identity.clone();
@@ -370,11 +376,17 @@ impl HostilePeer {
                     .map_err(|why| format!("the node's welcome does not prove the key: {why}"))?;
             }
             // Keep the connection alive while the runtime lives.
+            let keep = conn.clone();
             tokio::spawn(async move {
-                let _ = conn.closed().await;
+                let _ = keep.closed().await;
             });
-            Ok(answer)
+            Ok((conn, answer))
         })
+    }
+
+    /// Runs `f` on the peer's runtime (for raw protocol steps a test makes itself).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.as_ref().unwrap().block_on(f)
     }
 }
 
