@@ -27,6 +27,7 @@
 #![allow(unused_imports)]
 
 pub mod dnf;
+pub mod hostile;
 pub mod http;
 pub mod netns;
 pub mod node;
