@@ -364,7 +364,7 @@ impl Node {
         for (name, help, v) in [
             (
                 "peer_files_total",
-                "Files got from the site (a holder or the fetcher), verified.",
+                "Files got from the site (a holder or the downloader), verified.",
                 &s.from_peers,
             ),
             (
@@ -384,7 +384,7 @@ impl Node {
             ),
             (
                 "fetched_for_peers_total",
-                "Transfers run as the site's fetcher for a peer.",
+                "Transfers run as the site's downloader for a peer.",
                 &s.fetched_for_peers,
             ),
             (

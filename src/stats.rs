@@ -18,12 +18,12 @@ pub struct Stats {
     pub upstream_errors: AtomicU64,
     pub zero_copy_responses: AtomicU64,
     pub stale_served: AtomicU64,
-    /// Files this node got from a peer (a holder or the site's fetcher), verified and stored.
+    /// Files this node got from a peer (a holder or the site's downloader), verified and stored.
     pub from_peers: AtomicU64,
     pub bytes_from_peers: AtomicU64,
     pub bytes_to_peers: AtomicU64,
     pub peer_requests_served: AtomicU64,
-    /// Transfers this node ran as the fetcher for a peer that asked.
+    /// Transfers this node ran as the downloader for a peer that asked.
     pub fetched_for_peers: AtomicU64,
     /// Peer bytes that failed verification (the peer was put aside).
     pub peer_verify_failures: AtomicU64,

@@ -7,6 +7,7 @@
 //! error, never as content. It also remembers, per repo, when upstream was last unreachable, so
 //! a dead uplink costs one timeout per back-off period instead of one per request.
 
+use crate::body::Body;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -66,22 +67,6 @@ pub struct Ask {
 pub enum Opened {
     NotModified,
     Body(Box<Body>),
-}
-
-/// A body arriving from any source, chunk by chunk; an `Err` means it broke off.
-pub type ByteStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, String>> + Send>>;
-
-pub struct Body {
-    pub stream: ByteStream,
-    /// True when the answer continues from `Ask::from` (a 206 with a matching Content-Range);
-    /// false when it is the whole file from byte 0.
-    pub resumed: bool,
-    /// Length of the whole file when upstream said it.
-    pub total: Option<u64>,
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-    pub url: String,
 }
 
 pub struct Upstream {

@@ -423,8 +423,9 @@ fn trickled_package_goes_on_from_upstream_within_the_deadline() {
             node.log_tail(40)
         );
         assert_eq!(sha256_hex(&r.body), p.sha256_hex, "{name}: wrong bytes");
-        let limit = lanmirror::peer::transfer_deadline(p.size, lanmirror::peer::FETCHER_MIN_RATE)
-            + secs(15);
+        let limit =
+            lanmirror::peer::transfer_deadline(p.size, lanmirror::peer::DOWNLOADER_MIN_RATE)
+                + secs(15);
         assert!(
             *took < secs(40) && *took < limit,
             "{name} took {took:?}\n{}",

@@ -499,7 +499,7 @@ fn site_survives_a_killed_node_without_uplink() {
     assert_site_formed(&site, &[0, 1, 2]);
     let pkgs = site.repo.packages();
     // Node 1's client installs everything, node 2's then gets it from the site; node 3's client
-    // only loads metadata (node 3 may still hold packages it fetched as the site's fetcher).
+    // only loads metadata (node 3 may still hold packages it fetched as the site's downloader).
     site.client(0, "c1").install(&names(&pkgs)).assert_success();
     site.client(1, "c2").install(&names(&pkgs)).assert_success();
     site.client(2, "c3").makecache().assert_success();
@@ -513,7 +513,7 @@ fn site_survives_a_killed_node_without_uplink() {
         .collect();
     if lacking.is_empty() {
         eprintln!(
-            "note: node 3 was the site's fetcher for every package; none crosses to it later"
+            "note: node 3 was the site's downloader for every package; none crosses to it later"
         );
     }
     let before = num(&site.status(2), "from_peers");

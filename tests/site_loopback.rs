@@ -318,7 +318,7 @@ fn bad_bytes_from_a_peer_are_detected_and_never_served() {
         &[PkgSpec::new("lx-a", "1.0", 2 << 20)],
     );
     let up = Upstream::start(repo.dir());
-    // A alone first, so that it (and not B, as the site's fetcher) holds the package.
+    // A alone first, so that it (and not B, as the site's downloader) holds the package.
     let qa = free_port();
     let mut oa = NodeOpts::new(&up.url());
     oa.quic_listen = format!("127.0.0.1:{qa}");
@@ -556,7 +556,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
             // A second hello.
             wire::encode(&hello).unwrap(),
             // A path that leaves its repo; an unconfigured repo; a mutable file.
-            wire::encode(&wire::Request::Fetch {
+            wire::encode(&wire::Request::Download {
                 repo: "test".into(),
                 upstream: upstream.clone(),
                 path: "../../etc/passwd".into(),
@@ -565,7 +565,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 offset: 0,
             })
             .unwrap(),
-            wire::encode(&wire::Request::Fetch {
+            wire::encode(&wire::Request::Download {
                 repo: "nope".into(),
                 upstream: upstream.clone(),
                 path: "Packages/x.rpm".into(),
@@ -574,7 +574,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 offset: 0,
             })
             .unwrap(),
-            wire::encode(&wire::Request::Fetch {
+            wire::encode(&wire::Request::Download {
                 repo: "test".into(),
                 upstream: upstream.clone(),
                 path: "repodata/repomd.xml".into(),

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::body::{Body, ByteStream};
 use crate::bundle::{SeedFile, Seeds};
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
@@ -160,8 +161,8 @@ struct PartMeta {
 pub enum Step {
     /// A live peer that says it holds the checksum.
     Holder,
-    /// The item's fetcher at the site (when it is not this node).
-    Fetcher,
+    /// The item's downloader at the site (when it is not this node).
+    Downloader,
     /// A mounted bundle (`[seed] dirs`) holding the checksum.
     Seed,
     Upstream,
@@ -180,7 +181,7 @@ pub fn plan(site: bool, has_checksum: bool, immutable: bool, seeds: bool) -> Vec
             v.push(Step::Seed);
         }
         if site {
-            v.extend([Step::Holder, Step::Fetcher]);
+            v.extend([Step::Holder, Step::Downloader]);
         }
     }
     v.push(Step::Upstream);
@@ -190,7 +191,7 @@ pub fn plan(site: bool, has_checksum: bool, immutable: bool, seeds: bool) -> Vec
 /// A source chosen for a transfer.
 enum Source {
     Holder(Peer),
-    Fetcher(Peer),
+    Downloader(Peer),
     Seed(SeedFile),
     Upstream,
     /// The part file already holds every byte (checked against metadata before it is used).
@@ -239,7 +240,7 @@ impl Source {
     fn min_rate(&self) -> Option<u64> {
         match self {
             Source::Holder(_) => Some(crate::peer::HOLDER_MIN_RATE),
-            Source::Fetcher(_) => Some(crate::peer::FETCHER_MIN_RATE),
+            Source::Downloader(_) => Some(crate::peer::DOWNLOADER_MIN_RATE),
             Source::Seed(_) | Source::Upstream | Source::Held => None,
         }
     }
@@ -255,7 +256,7 @@ impl Source {
     /// Where the bytes came from, in words for the log ("fetched from …").
     fn origin(&self) -> &'static str {
         match self {
-            Source::Holder(_) | Source::Fetcher(_) => "the site",
+            Source::Holder(_) | Source::Downloader(_) => "the site",
             Source::Seed(_) => "a seed directory",
             Source::Upstream => "upstream",
             Source::Held => "an earlier download",
@@ -267,7 +268,7 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Holder(p) => write!(f, "peer {} (holder)", p.id),
-            Source::Fetcher(p) => write!(f, "peer {} (the site's fetcher)", p.id),
+            Source::Downloader(p) => write!(f, "peer {} (the site's downloader)", p.id),
             Source::Seed(s) => write!(f, "seed file {}", s.path.display()),
             Source::Upstream => f.write_str("upstream"),
             Source::Held => f.write_str("bytes held from an earlier download"),
@@ -276,7 +277,7 @@ impl std::fmt::Display for Source {
 }
 
 /// A local file's bytes from `from` on, in [`READ_CHUNK`] pieces.
-async fn read_file(path: &std::path::Path, from: u64) -> Result<upstream::ByteStream, String> {
+async fn read_file(path: &std::path::Path, from: u64) -> Result<ByteStream, String> {
     use tokio::io::AsyncReadExt;
     let mut f = tokio::fs::File::open(path)
         .await
@@ -886,9 +887,9 @@ impl Fetcher {
                         return Source::Holder(p);
                     }
                 }
-                (Step::Fetcher, Some(peers), _, _) => {
-                    if let Some(p) = peers.fetcher_for(&item.key()) {
-                        return Source::Fetcher(p);
+                (Step::Downloader, Some(peers), _, _) => {
+                    if let Some(p) = peers.downloader_for(&item.key()) {
+                        return Source::Downloader(p);
                     }
                 }
                 (Step::Upstream, ..) => return Source::Upstream,
@@ -903,13 +904,13 @@ impl Fetcher {
     /// damaged).
     fn blame(&self, s: &Source, blame: &Blame) {
         match (s, &self.peers, blame) {
-            (Source::Holder(p) | Source::Fetcher(p), Some(peers), Blame::BadBytes(why)) => {
+            (Source::Holder(p) | Source::Downloader(p), Some(peers), Blame::BadBytes(why)) => {
                 peers.put_aside(p, why)
             }
-            (Source::Holder(p) | Source::Fetcher(p), Some(peers), Blame::TooSlow(why)) => {
+            (Source::Holder(p) | Source::Downloader(p), Some(peers), Blame::TooSlow(why)) => {
                 peers.too_slow(p, why)
             }
-            (Source::Holder(p) | Source::Fetcher(p), Some(peers), Blame::Failed(why)) => {
+            (Source::Holder(p) | Source::Downloader(p), Some(peers), Blame::Failed(why)) => {
                 peers.note_failure(p, why)
             }
             (Source::Seed(f), _, Blame::BadBytes(why)) => {
@@ -966,7 +967,7 @@ impl Fetcher {
     }
 
     fn is_peer(&self, s: &Source) -> bool {
-        matches!(s, Source::Holder(_) | Source::Fetcher(_))
+        matches!(s, Source::Holder(_) | Source::Downloader(_))
     }
 
     /// Opens a source other than upstream from byte `from`.
@@ -975,7 +976,7 @@ impl Fetcher {
         item: &Item,
         source: &Source,
         from: u64,
-    ) -> Result<Box<upstream::Body>, String> {
+    ) -> Result<Box<Body>, String> {
         let sum = item
             .expected
             .as_ref()
@@ -985,9 +986,9 @@ impl Fetcher {
                 let b = peers.get(p, &r, from).await.map_err(|e| e.to_string())?;
                 (b.stream, b.total)
             }
-            (Source::Fetcher(p), Some(peers), _) => {
+            (Source::Downloader(p), Some(peers), _) => {
                 let b = peers
-                    .fetch(
+                    .download(
                         p,
                         &item.repo,
                         item.path.as_str(),
@@ -1001,7 +1002,7 @@ impl Fetcher {
             (Source::Seed(f), ..) => (read_file(&f.path, from).await?, Some(f.size)),
             _ => return Err("no such source".into()),
         };
-        Ok(Box::new(upstream::Body {
+        Ok(Box::new(Body {
             stream,
             resumed: true,
             total,
@@ -1188,7 +1189,7 @@ mod tests {
         use Step::*;
         assert_eq!(
             plan(true, true, true, false),
-            vec![Holder, Fetcher, Upstream]
+            vec![Holder, Downloader, Upstream]
         );
         // No checksum of our own to verify peer bytes against: upstream only.
         assert_eq!(plan(true, false, true, true), vec![Upstream]);
@@ -1199,7 +1200,7 @@ mod tests {
         assert_eq!(plan(false, true, true, true), vec![Seed, Upstream]);
         assert_eq!(
             plan(true, true, true, true),
-            vec![Seed, Holder, Fetcher, Upstream]
+            vec![Seed, Holder, Downloader, Upstream]
         );
     }
 

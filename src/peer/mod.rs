@@ -8,7 +8,7 @@
 //! the site-key proofs). A peer whose connection fails is retried with a growing back-off; a
 //! peer that sent bytes that failed verification is put aside for [`ASIDE`]. Only admitted,
 //! connected peers not put aside are *live*, and only live peers take part in choosing an
-//! item's fetcher ([`rendezvous`]).
+//! item's downloader ([`rendezvous`]).
 //!
 //! Policy here is pure and unit-tested ([`rendezvous`], [`backoff`]); bytes from peers are
 //! verified by `fetch`, never trusted here. Not here: serving requests (`server`), finding
@@ -20,12 +20,10 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::Stream;
 use serde_json::json;
 
 use crate::config::{Config, QuicConfig};
@@ -41,8 +39,8 @@ pub const ASIDE: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// From sending a request to its response header.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A `Fetch` answer waits for the fetcher's upstream to answer headers.
-const FETCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
+/// A `Download` answer waits for the downloader's upstream to answer headers.
+const DOWNLOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 /// Longest silence inside a body from a peer before it counts as stalled.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `Have` round waits for slow peers.
@@ -54,9 +52,9 @@ pub const MAX_PEERS: usize = 64;
 /// Slowest pace at which a peer that holds a file may send it: 128 KiB/s (1 Mbit/s), far
 /// below any LAN, so only a broken or hostile peer is slower.
 pub const HOLDER_MIN_RATE: u64 = 128 * 1024;
-/// Slowest pace for the site's fetcher, which streams as its own upstream delivers: 16 KiB/s,
+/// Slowest pace for the site's downloader, which streams as its own upstream delivers: 16 KiB/s,
 /// the poorest uplink lanmirror is meant for.
-pub const FETCHER_MIN_RATE: u64 = 16 * 1024;
+pub const DOWNLOADER_MIN_RATE: u64 = 16 * 1024;
 /// Time every attempt gets on top of what its size needs (connection, first bytes).
 pub const DEADLINE_SLACK: Duration = Duration::from_secs(15);
 
@@ -134,8 +132,8 @@ impl ContentRef {
     }
 }
 
-/// The node whose score for `key` is highest: the item's fetcher. Every node computes the same
-/// answer from the same live set, and an item moves only when its own fetcher leaves.
+/// The node whose score for `key` is highest: the item's downloader. Every node computes the same
+/// answer from the same live set, and an item moves only when its own downloader leaves.
 pub fn rendezvous(key: &str, nodes: impl IntoIterator<Item = NodeId>) -> Option<NodeId> {
     nodes.into_iter().max_by_key(|id| {
         let mut h = blake3::Hasher::new();
@@ -245,7 +243,7 @@ fn short(id: &NodeId) -> String {
 pub struct PeerBody {
     /// Length of the whole file when the peer said it.
     pub total: Option<u64>,
-    pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
+    pub stream: crate::body::ByteStream,
 }
 
 /// The site as this node sees it.
@@ -576,7 +574,7 @@ impl Peers {
 
     /// The live peer that should fetch `key` for the site; `None` when it is this node (or
     /// this node is alone).
-    pub fn fetcher_for(&self, key: &str) -> Option<Peer> {
+    pub fn downloader_for(&self, key: &str) -> Option<Peer> {
         let live = self.live();
         let winner = rendezvous(key, live.iter().map(|p| p.id).chain([self.me]))?;
         live.into_iter().find(|p| p.id == winner)
@@ -967,8 +965,8 @@ impl Peers {
         }
     }
 
-    /// Asks the item's fetcher to obtain a file and stream it (from `offset`).
-    pub async fn fetch(
+    /// Asks the item's downloader to obtain a file and stream it (from `offset`).
+    pub async fn download(
         &self,
         peer: &Peer,
         repo: &str,
@@ -976,7 +974,7 @@ impl Peers {
         expected: Option<&crate::store::Expected>,
         offset: u64,
     ) -> Result<PeerBody, PeerError> {
-        let req = Request::Fetch {
+        let req = Request::Download {
             repo: repo.into(),
             upstream: self.upstream_id(repo),
             path: path.into(),
@@ -984,7 +982,7 @@ impl Peers {
             size: expected.and_then(|e| e.size),
             offset,
         };
-        let (resp, recv) = self.ask(peer, &req, FETCH_ANSWER_TIMEOUT).await?;
+        let (resp, recv) = self.ask(peer, &req, DOWNLOAD_ANSWER_TIMEOUT).await?;
         match resp {
             Response::Stream { total } => Ok(self.body(peer, recv, total, offset)),
             other => Err(unexpected(peer, &other)),
@@ -1196,9 +1194,9 @@ mod tests {
             transfer_deadline(20 << 20, HOLDER_MIN_RATE),
             DEADLINE_SLACK + Duration::from_secs(160)
         );
-        // The same through the site's fetcher, at an uplink's 16 KiB/s: 1280 s.
+        // The same through the site's downloader, at an uplink's 16 KiB/s: 1280 s.
         assert_eq!(
-            transfer_deadline(20 << 20, FETCHER_MIN_RATE),
+            transfer_deadline(20 << 20, DOWNLOADER_MIN_RATE),
             DEADLINE_SLACK + Duration::from_secs(1280)
         );
         // A trickle of one byte every 8 s is far below either: 1 MiB would need 97 days, and

@@ -1,6 +1,6 @@
 //! The answering side of the peer protocol: admits connecting nodes (site id and site-key
 //! proof on the first stream) and answers their requests from this node's store, its running
-//! transfers, and — as an item's fetcher — upstream.
+//! transfers, and — as an item's downloader — upstream.
 //!
 //! Strangers cost almost nothing: until admission a connection gets one stream and a small
 //! window, at most [`MAX_PENDING`] wait (a few per address), and refusals are logged at most
@@ -8,10 +8,10 @@
 //! bounded too: streams per connection, connections per node id, a deadline to send a request
 //! and to take each write; `Have` lookups run on the blocking pool.
 //!
-//! Requests from peers never travel further than this node: a `Fetch` this node cannot answer
+//! Requests from peers never travel further than this node: a `Download` this node cannot answer
 //! from its store goes to upstream directly, never to another peer, and a `Snapshot` request is
 //! answered with the snapshot in service, as it is. So two nodes that briefly disagree about who
-//! the fetcher is cannot ask each other in a circle.
+//! the downloader is cannot ask each other in a circle.
 //!
 //! Every request is checked like an HTTP request (configured repo with the same upstream URLs,
 //! a path that stays inside it) before any I/O; anything malformed gets an error answer on that
@@ -367,7 +367,7 @@ async fn stream(
             }
             None => error(ErrorKind::NotFound, "not held here"),
         },
-        Request::Fetch {
+        Request::Download {
             repo,
             upstream,
             path,
@@ -375,7 +375,11 @@ async fn stream(
             size,
             offset,
         } => match local.same_upstream(&repo, &upstream) {
-            Ok(()) => return local.fetch(send, repo, path, checksum, size, offset).await,
+            Ok(()) => {
+                return local
+                    .download(send, repo, path, checksum, size, offset)
+                    .await;
+            }
             Err(answer) => answer,
         },
         Request::Snapshot {
@@ -440,7 +444,7 @@ impl Local {
     }
 
     /// A held blob from `offset`, after the header `head(size)` makes (`Blob` for `Get`,
-    /// `Stream` for `Fetch`), or the error answer when it cannot be read.
+    /// `Stream` for `Download`), or the error answer when it cannot be read.
     async fn send_held(
         &self,
         mut send: quinn::SendStream,
@@ -494,9 +498,9 @@ impl Local {
         Ok(())
     }
 
-    /// `Fetch`: as this item's fetcher, obtain it (store, a running transfer, or upstream) and
+    /// `Download`: as this item's downloader, obtain it (store, a running transfer, or upstream) and
     /// stream it as it arrives.
-    async fn fetch(
+    async fn download(
         &self,
         mut send: quinn::SendStream,
         repo: String,

@@ -42,10 +42,10 @@ pub enum Request {
     Have { checksums: Vec<String> },
     /// A stored blob by checksum, from byte `offset`.
     Get { checksum: String, offset: u64 },
-    /// Ask the item's fetcher to obtain `repo/path` (from its store or upstream) and stream it.
+    /// Ask the item's downloader to obtain `repo/path` (from its store or upstream) and stream it.
     /// `upstream` is the asker's [`crate::config::RepoConfig::upstream_id`] of the repo: a
     /// node refuses to fetch for a repo of the same name with other upstream URLs.
-    Fetch {
+    Download {
         repo: String,
         upstream: String,
         path: String,
@@ -54,7 +54,7 @@ pub enum Request {
         offset: u64,
     },
     /// The peer's current metadata snapshot of a repository tree (asked only by a node that
-    /// cannot reach upstream itself). `upstream` as for [`Request::Fetch`].
+    /// cannot reach upstream itself). `upstream` as for [`Request::Download`].
     Snapshot {
         repo: String,
         upstream: String,
@@ -214,7 +214,7 @@ impl Checked for Request {
                 checksums.iter().try_for_each(|c| field(c, "checksum"))
             }
             Request::Get { checksum, .. } => field(checksum, "checksum"),
-            Request::Fetch {
+            Request::Download {
                 repo,
                 upstream,
                 path,
@@ -295,7 +295,7 @@ mod tests {
             checksum: "sha256:00".into(),
             offset: 5,
         });
-        roundtrip(Request::Fetch {
+        roundtrip(Request::Download {
             repo: "test".into(),
             upstream: "0123456789abcdef".into(),
             path: "Packages/a.rpm".into(),
@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn arbitrary_bytes_never_panic() {
         // A cheap deterministic fuzz: xorshift bytes, and mutations of valid frames.
-        let valid = encode(&Request::Fetch {
+        let valid = encode(&Request::Download {
             repo: "r".into(),
             upstream: "u".into(),
             path: "p".into(),

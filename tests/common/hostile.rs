@@ -544,7 +544,7 @@ async fn answer(
         Request::Hello { .. } => ("hello", String::new()),
         Request::Have { checksums } => ("have", checksums.join(",")),
         Request::Get { checksum, offset } => ("get", format!("{checksum}@{offset}")),
-        Request::Fetch { path, offset, .. } => ("fetch", format!("{path}@{offset}")),
+        Request::Download { path, offset, .. } => ("fetch", format!("{path}@{offset}")),
         Request::Snapshot { repo, tree, .. } => ("snapshot", format!("{repo}/{tree}")),
     };
     state.note(kind, detail);
@@ -553,7 +553,9 @@ async fn answer(
         let _ = send.finish();
         return Ok(());
     }
-    if let (Some(m), Request::Get { .. } | Request::Fetch { .. }) = (&script.fail_transfers, &req) {
+    if let (Some(m), Request::Get { .. } | Request::Download { .. }) =
+        (&script.fail_transfers, &req)
+    {
         send_frame(&mut send, &error(ErrorKind::Unavailable, m)).await?;
         let _ = send.finish();
         return Ok(());
@@ -586,7 +588,7 @@ async fn answer(
                 _ => (error(ErrorKind::NotFound, "not held here"), None, None),
             }
         }
-        Request::Fetch {
+        Request::Download {
             path,
             checksum,
             offset,
