@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::{Checksum, ChecksumAlgo};
 use crate::config::Config;
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
 use crate::peer::identity::{self, Identity, NodeId, SiteAuth};
-use crate::repodata::{self, Checksum, ChecksumAlgo};
+use crate::repodata;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, now_secs};
 
 pub const MANIFEST: &str = "lanmirror-bundle.json";

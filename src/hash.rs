@@ -6,7 +6,7 @@
 
 use sha2::Digest;
 
-use crate::repodata::{Checksum, ChecksumAlgo};
+use crate::checksum::{Checksum, ChecksumAlgo};
 
 /// The BLAKE3 hash of a blob: its identity in the store.
 pub type BlobId = [u8; 32];

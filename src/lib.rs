@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod bundle;
+pub mod checksum;
 pub mod config;
 pub mod discovery;
 pub mod fetch;

@@ -23,8 +23,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::checksum::{Checksum, ChecksumAlgo};
 use crate::hash::{self, BlobId, Digests};
-use crate::repodata::{Checksum, ChecksumAlgo};
 
 /// `"{repo}/{path}"` → [`PathEntry`]
 const PATHS: TableDefinition<&str, &[u8]> = TableDefinition::new("paths");

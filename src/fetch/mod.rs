@@ -28,10 +28,10 @@ use tokio::sync::watch;
 
 use crate::body::{Body, ByteStream};
 use crate::bundle::{SeedFile, Seeds};
+use crate::checksum::ChecksumAlgo;
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
 use crate::peer::{ContentRef, Peer, Peers};
-use crate::repodata::ChecksumAlgo;
 use crate::stats::Stats;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
@@ -334,7 +334,7 @@ struct Part {
     hasher: MultiHasher,
     /// Set by a restart from zero while readers may hold the old bytes.
     check: Option<PrefixCheck>,
-    also: Option<crate::repodata::ChecksumAlgo>,
+    also: Option<crate::checksum::ChecksumAlgo>,
     /// Bytes already handed to the disk for writeback (see [`WRITEBACK_STEP`]).
     synced: u64,
 }
@@ -1182,7 +1182,7 @@ use std::io::Read as _;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repodata::Checksum;
+    use crate::checksum::Checksum;
 
     #[test]
     fn peers_are_asked_only_for_checksummed_immutable_files() {

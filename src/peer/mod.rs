@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::checksum::{Checksum, ChecksumAlgo};
 use crate::config::{Config, QuicConfig};
 use crate::hash::{self, BlobId};
-use crate::repodata::{Checksum, ChecksumAlgo};
 use crate::stats::Stats;
 pub use identity::{Identity, NodeId, Role, SiteAuth};
 use wire::{Request, Response};
