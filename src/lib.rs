@@ -17,6 +17,7 @@ pub mod peer;
 pub mod range;
 pub mod repodata;
 pub mod respond;
+pub mod seed;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

@@ -75,7 +75,7 @@ impl Node {
         let http_addr = http.local_addr().unwrap_or(addr);
         let http_port = http_addr.port();
         let peers = Peers::open(&cfg, http_port, mdns, stats.clone())?;
-        let seeds = Arc::new(crate::bundle::Seeds::new(
+        let seeds = Arc::new(crate::seed::Seeds::new(
             cfg.seed.dirs.clone(),
             peers.site.clone(),
         ));

@@ -241,6 +241,33 @@ impl Expected {
     }
 }
 
+/// Whether finished bytes are what metadata says (size and checksum); the reason if not.
+/// A checksum type this build cannot compute (md5) leaves the size and BLAKE3 as the checks.
+pub fn check_expected(
+    path: &crate::paths::RepoPath,
+    expected: Option<&Expected>,
+    got: &crate::hash::Digests,
+) -> Result<(), String> {
+    let Some(exp) = expected else {
+        return Ok(());
+    };
+    let size_ok = exp.size.is_none_or(|s| s == got.len);
+    let sum_ok = got.matches(&exp.checksum) != Some(false);
+    if size_ok && sum_ok {
+        return Ok(());
+    }
+    Err(format!(
+        "{path} is {} bytes with {} {}, metadata says {} bytes with {}",
+        got.len,
+        exp.checksum.algo.name(),
+        got.get(exp.checksum.algo)
+            .map(|c| c.to_hex())
+            .unwrap_or_default(),
+        exp.size.map_or("?".into(), |s| s.to_string()),
+        exp.checksum.to_hex()
+    ))
+}
+
 /// A tree's metadata as served: repomd.xml, its companions and everything it references.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {

@@ -27,13 +27,15 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::body::{Body, ByteStream};
-use crate::bundle::{SeedFile, Seeds};
 use crate::checksum::ChecksumAlgo;
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
 use crate::peer::{ContentRef, Peer, Peers};
+use crate::seed::{SeedFile, Seeds};
 use crate::stats::Stats;
-use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, StoreError, now_secs};
+use crate::store::{
+    Batch, BlobMeta, Expected, PathEntry, Store, StoreError, check_expected, now_secs,
+};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
 mod rules;
@@ -298,33 +300,6 @@ async fn read_file(path: &std::path::Path, from: u64) -> Result<ByteStream, Stri
         }
     });
     Ok(Box::pin(stream))
-}
-
-/// Whether finished bytes are what metadata says (size and checksum); the reason if not.
-/// A checksum type this build cannot compute (md5) leaves the size and BLAKE3 as the checks.
-pub fn check_expected(
-    path: &RepoPath,
-    expected: Option<&Expected>,
-    got: &crate::hash::Digests,
-) -> Result<(), String> {
-    let Some(exp) = expected else {
-        return Ok(());
-    };
-    let size_ok = exp.size.is_none_or(|s| s == got.len);
-    let sum_ok = got.matches(&exp.checksum) != Some(false);
-    if size_ok && sum_ok {
-        return Ok(());
-    }
-    Err(format!(
-        "{path} is {} bytes with {} {}, metadata says {} bytes with {}",
-        got.len,
-        exp.checksum.algo.name(),
-        got.get(exp.checksum.algo)
-            .map(|c| c.to_hex())
-            .unwrap_or_default(),
-        exp.size.map_or("?".into(), |s| s.to_string()),
-        exp.checksum.to_hex()
-    ))
 }
 
 /// The file a transfer writes and what is known of its bytes so far.

@@ -45,6 +45,9 @@ const DOWNLOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `Have` round waits for slow peers.
 const HAVE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Connections to this node not admitted yet (handshake or hello under way), at most, in total
+/// (also quinn's queue of handshakes not yet accepted); `server` caps them per address too.
+pub const MAX_PENDING: usize = 32;
 /// Most entries the peer table holds (static, mDNS and incoming together): a LAN full of
 /// spoofed adverts cannot grow it further.
 pub const MAX_PEERS: usize = 64;
@@ -347,7 +350,7 @@ impl Peers {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(server_transport_config(&cfg.quic)));
         // Handshakes waiting to be accepted, and what they may buffer meanwhile, are bounded.
-        server.max_incoming(server::MAX_PENDING);
+        server.max_incoming(MAX_PENDING);
         server.incoming_buffer_size(64 * 1024);
         server.incoming_buffer_size_total(4 << 20);
         let addr = cfg.node.quic_listen;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::wire::{self, ErrorKind, Request, Response};
-use super::{ContentRef, NodeId, Peers, Role, SiteAuth, identity, read_frame};
+use super::{ContentRef, MAX_PENDING, NodeId, Peers, Role, SiteAuth, identity, read_frame};
 use crate::config::Config;
 use crate::fetch::{Fetcher, Item, Phase};
 use crate::hash::{self, BlobId};
@@ -39,10 +39,7 @@ use crate::store::Store;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Size of the pieces a blob is sent in.
 const CHUNK: usize = 1 << 20;
-/// Connections not admitted yet (handshake or hello under way), at most: in total (also
-/// quinn's queue of handshakes not yet accepted)…
-pub const MAX_PENDING: usize = 32;
-/// …and from one address.
+/// Connections not admitted yet, at most from one address (in total: [`MAX_PENDING`]).
 const MAX_PENDING_PER_ADDR: usize = 4;
 /// Admitted connections one node id may hold to us at once (a node dials one; a restart or
 /// a network change briefly makes two).

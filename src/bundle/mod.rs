@@ -35,217 +35,21 @@ use crate::checksum::{Checksum, ChecksumAlgo};
 use crate::config::Config;
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
-use crate::peer::identity::{self, Identity, NodeId, SiteAuth};
+use crate::peer::identity::{Identity, NodeId, SiteAuth};
 use crate::repodata;
 use crate::store::{Batch, BlobMeta, Expected, PathEntry, Store, now_secs};
 
-pub const MANIFEST: &str = "lanmirror-bundle.json";
-pub const SIGNATURE: &str = "lanmirror-bundle.sig";
-const FORMAT: u32 = 1;
+pub mod manifest;
+pub use manifest::{
+    BundleError, BundleFile, BundleSnapshot, MANIFEST, Manifest, Origin, SIGNATURE, read_manifest,
+};
+use manifest::{FORMAT, MAX_MANIFEST, Signature, io_err};
 /// The largest file FAT32 can hold.
 const FAT32_MAX: u64 = (4 << 30) - 1;
-/// Largest manifest or signature file read.
-const MAX_MANIFEST: u64 = 512 << 20;
 /// Have-list magic and limits.
 const HAVE_MAGIC: &[u8] = b"LMHAVE1\n";
 const MAX_HAVE_HEADER: usize = 1 << 20;
 const MAX_HAVE_ENTRIES: usize = 50_000_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the bundle's manifest is refused: {0}")]
-    Refused(String),
-    #[error("not a bundle: {0}")]
-    NotABundle(String),
-    #[error("have-list {path}: {why}")]
-    BadHave { path: PathBuf, why: String },
-    #[error("{0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Other(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// One file of a bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BundleFile {
-    /// `<repo>/<path in repo>`, '/'-separated.
-    pub path: String,
-    pub size: u64,
-    pub blake3: String,
-    pub sha256: String,
-}
-
-/// A metadata snapshot carried by a bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BundleSnapshot {
-    pub repo: String,
-    /// The tree inside the repo, e.g. `9/BaseOS/x86_64/os/` (empty for the repo root).
-    pub tree: String,
-    pub revision: String,
-    pub fetched_at: u64,
-    pub checked_at: u64,
-    /// `(suffix, bundle path)` of repomd.xml (suffix "") and its companions.
-    pub files: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub format: u32,
-    pub node_id: String,
-    /// Raw Ed25519 public key of the exporting node (hex); `node_id` derives from it.
-    pub public_key: String,
-    pub site_id: String,
-    /// Unix seconds.
-    pub created: u64,
-    pub snapshots: Vec<BundleSnapshot>,
-    pub files: Vec<BundleFile>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Signature {
-    ed25519: String,
-    site_mac: Option<String>,
-}
-
-/// Who made a bundle, once its manifest is verified.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub node_id: NodeId,
-    pub created: u64,
-    /// The manifest was authenticated with this node's site key.
-    pub site_key_checked: bool,
-}
-
-/// Reads and checks a bundle's manifest: signature by the key it names, and the site-key MAC
-/// when this node has a site key.
-pub fn read_manifest(dir: &Path, site: &SiteAuth) -> Result<(Manifest, Origin), BundleError> {
-    let mpath = dir.join(MANIFEST);
-    let spath = dir.join(SIGNATURE);
-    let bytes = read_capped(&mpath).map_err(|e| match e {
-        BundleError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            BundleError::NotABundle(format!(
-                "{} has no {MANIFEST} (an export that did not finish? run it again)",
-                dir.display()
-            ))
-        }
-        e => e,
-    })?;
-    let sig: Signature = serde_json::from_slice(&read_capped(&spath)?)
-        .map_err(|e| BundleError::Refused(format!("{SIGNATURE} is not valid: {e}")))?;
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| BundleError::Refused(format!("{MANIFEST} is not valid: {e}")))?;
-    if m.format != FORMAT {
-        return Err(BundleError::Refused(format!(
-            "bundle format {} is not supported by this version (it reads {FORMAT})",
-            m.format
-        )));
-    }
-    let public =
-        unhex(&m.public_key).ok_or_else(|| BundleError::Refused("bad public key".into()))?;
-    let signature =
-        unhex(&sig.ed25519).ok_or_else(|| BundleError::Refused("bad signature".into()))?;
-    if !identity::verify_signature(&public, &bytes, &signature) {
-        return Err(BundleError::Refused(
-            "the manifest does not match its signature: it was altered after export".into(),
-        ));
-    }
-    let node_id = NodeId::of_ed25519(&public);
-    if node_id.to_string() != m.node_id {
-        return Err(BundleError::Refused(
-            "the manifest names a node id that is not its signer's".into(),
-        ));
-    }
-    let site_key_checked = match (site.has_key(), &sig.site_mac) {
-        (false, _) => false,
-        (true, Some(mac)) if site.check_mac(&bytes, mac) => true,
-        (true, Some(_)) => {
-            return Err(BundleError::Refused(
-                "the bundle was made with a different site key".into(),
-            ));
-        }
-        (true, None) => {
-            return Err(BundleError::Refused(
-                "this site has a site key and the bundle was made without one".into(),
-            ));
-        }
-    };
-    // Every path must stay inside the bundle, in normal form, whoever signed it.
-    for f in &m.files {
-        if !bundle_path_ok(&f.path) {
-            return Err(BundleError::Refused(format!(
-                "the manifest names a path outside the bundle: {:?}",
-                f.path
-            )));
-        }
-    }
-    for s in &m.snapshots {
-        let tree_ok = RepoPath::in_tree(&s.tree, "repodata/repomd.xml").is_ok_and(|p| {
-            p.kind()
-                == PathKind::RepoMd {
-                    tree: s.tree.clone(),
-                }
-        });
-        if !tree_ok || !bundle_path_ok(&format!("{}/x", s.repo)) {
-            return Err(BundleError::Refused(format!(
-                "the manifest names a bad tree: {:?}/{:?}",
-                s.repo, s.tree
-            )));
-        }
-    }
-    let origin = Origin {
-        node_id,
-        created: m.created,
-        site_key_checked,
-    };
-    Ok((m, origin))
-}
-
-/// `<repo>/<path>` with a plain repo name and a path that stays in its repo, in normal form.
-fn bundle_path_ok(p: &str) -> bool {
-    let Some((repo, rest)) = p.split_once('/') else {
-        return false;
-    };
-    let repo_ok = !repo.is_empty()
-        && repo != "."
-        && repo != ".."
-        && repo
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    repo_ok && RepoPath::parse_relative(rest).is_ok_and(|r| r.as_str() == rest)
-}
-
-fn read_capped(path: &Path) -> Result<Vec<u8>, BundleError> {
-    let f = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut out = Vec::new();
-    f.take(MAX_MANIFEST)
-        .read_to_end(&mut out)
-        .map_err(io_err(path))?;
-    Ok(out)
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
 
 /// Why a bundle path cannot live on a FAT32/exFAT disk, if it cannot.
 pub fn fat_problem(path: &str) -> Option<String> {
@@ -959,7 +763,7 @@ impl Importer<'_> {
             let d = h.finish();
             check_manifest(f, &d)?;
             let path = RepoPath::parse_relative(&f.path).map_err(|e| e.to_string())?;
-            crate::fetch::check_expected(&path, exp, &d)
+            crate::store::check_expected(&path, exp, &d)
                 .map_err(|w| format!("does not match the repository metadata: {w}"))?;
             self.store
                 .install_blob(&out, &tmp, &d)
@@ -1065,140 +869,7 @@ fn verify_file(dir: &Path, f: &BundleFile, exp: Option<&Expected>) -> Result<(),
         .finish();
     check_manifest(f, &d)?;
     let path = RepoPath::parse_relative(&f.path).map_err(|e| e.to_string())?;
-    crate::fetch::check_expected(&path, exp, &d)
-}
-
-// ---------------------------------------------------------------- seeds
-
-/// Mounted bundles used as a read-only source: a file is looked up by the SHA-256 that
-/// metadata names and read from the disk (then verified and stored like bytes from anywhere
-/// else). Manifests are (re)read when a directory's manifest changes, at most every 30 s, so a
-/// disk mounted after the node started is found.
-pub struct Seeds {
-    dirs: Vec<PathBuf>,
-    site: SiteAuth,
-    state: Mutex<SeedState>,
-}
-
-#[derive(Default)]
-struct SeedState {
-    checked: Option<Instant>,
-    /// Manifest modification times the index was built from.
-    seen: Vec<Option<std::time::SystemTime>>,
-    by_sha256: HashMap<[u8; 32], (PathBuf, BundleFile)>,
-    snapshots: Vec<(PathBuf, BundleSnapshot)>,
-    by_path: HashMap<String, (PathBuf, BundleFile)>,
-}
-
-/// A file a seed holds.
-#[derive(Debug, Clone)]
-pub struct SeedFile {
-    pub path: PathBuf,
-    pub size: u64,
-    pub blake3: BlobId,
-}
-
-impl Seeds {
-    pub fn new(dirs: Vec<PathBuf>, site: SiteAuth) -> Seeds {
-        Seeds {
-            dirs,
-            site,
-            state: Mutex::new(SeedState::default()),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty()
-    }
-
-    fn refresh(&self, st: &mut SeedState) {
-        if st
-            .checked
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
-        {
-            return;
-        }
-        st.checked = Some(Instant::now());
-        let seen: Vec<_> = self
-            .dirs
-            .iter()
-            .map(|d| {
-                std::fs::metadata(d.join(MANIFEST))
-                    .and_then(|m| m.modified())
-                    .ok()
-            })
-            .collect();
-        if seen == st.seen {
-            return;
-        }
-        st.seen = seen;
-        st.by_sha256.clear();
-        st.by_path.clear();
-        st.snapshots.clear();
-        for d in &self.dirs {
-            match read_manifest(d, &self.site) {
-                Ok((m, origin)) => {
-                    tracing::info!(dir = %d.display(), files = m.files.len(), made_by = %origin.node_id,
-                        "seed directory in use as a read-only source");
-                    for f in m.files {
-                        if let Some(sha) =
-                            unhex(&f.sha256).and_then(|v| <[u8; 32]>::try_from(v).ok())
-                        {
-                            st.by_sha256.insert(sha, (d.clone(), f.clone()));
-                        }
-                        st.by_path.insert(f.path.clone(), (d.clone(), f));
-                    }
-                    st.snapshots
-                        .extend(m.snapshots.into_iter().map(|s| (d.clone(), s)));
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %d.display(), error = %e, "seed directory not usable (not mounted yet?); checked again in 30 s");
-                }
-            }
-        }
-    }
-
-    /// The seed file holding content with this SHA-256, if any.
-    pub fn find(&self, sha256: &[u8]) -> Option<SeedFile> {
-        let key: [u8; 32] = sha256.try_into().ok()?;
-        let mut st = self.state.lock().ok()?;
-        self.refresh(&mut st);
-        let (dir, f) = st.by_sha256.get(&key)?;
-        Some(SeedFile {
-            path: dir.join(&f.path),
-            size: f.size,
-            blake3: hash::parse_blob_id(&f.blake3)?,
-        })
-    }
-
-    /// The newest snapshot a seed holds for `repo/tree`, with its repomd.xml and companions as
-    /// `(suffix, file)`.
-    pub fn snapshot(
-        &self,
-        repo: &str,
-        tree: &str,
-    ) -> Option<(BundleSnapshot, Vec<(String, SeedFile)>)> {
-        let mut st = self.state.lock().ok()?;
-        self.refresh(&mut st);
-        let (dir, s) = st
-            .snapshots
-            .iter()
-            .filter(|(_, s)| s.repo == repo && s.tree == tree)
-            .max_by_key(|(_, s)| (s.revision.parse::<u64>().unwrap_or(0), s.fetched_at))?;
-        let mut files = Vec::new();
-        for (suffix, path) in &s.files {
-            let (_, f) = st.by_path.get(path)?;
-            files.push((
-                suffix.clone(),
-                SeedFile {
-                    path: dir.join(&f.path),
-                    size: f.size,
-                    blake3: hash::parse_blob_id(&f.blake3)?,
-                },
-            ));
-        }
-        Some((s.clone(), files))
-    }
+    crate::store::check_expected(&path, exp, &d)
 }
 
 #[cfg(test)]
@@ -1263,6 +934,7 @@ mod tests {
 
     #[test]
     fn bundle_paths_stay_inside() {
+        use super::manifest::bundle_path_ok;
         assert!(bundle_path_ok("almalinux/9/BaseOS/Packages/a.rpm"));
         for bad in [
             "",
@@ -1281,6 +953,7 @@ mod tests {
 
     #[test]
     fn unhex_is_strict() {
+        use super::manifest::unhex;
         assert_eq!(unhex("00ff"), Some(vec![0, 255]));
         assert_eq!(unhex("0"), None);
         assert_eq!(unhex("zz"), None);
