@@ -175,7 +175,8 @@ impl MetadataConfig {
 pub struct UpstreamConfig {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
-    /// Longest silence while reading a response before the transfer counts as failed.
+    /// Longest silence while reading a response before the transfer is cut and resumed where
+    /// it stopped (reqwest restarts this timer with every piece received).
     #[serde(default = "default_read_timeout")]
     pub read_timeout_secs: u64,
     /// Extra attempts per mirror after the first one fails (with backoff).

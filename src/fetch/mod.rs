@@ -1,14 +1,16 @@
-//! The miss path: one upstream transfer per item however many clients ask (single-flight),
-//! streamed to every one of them as bytes arrive, verified at the end, then published.
+//! The miss path: one transfer per item however many clients ask (single-flight), streamed to
+//! every one of them as bytes arrive, verified at the end, then published.
 //!
 //! A transfer writes into `partial/<key hash>.part` (with a `.meta` sidecar holding the
-//! upstream validators), hashing as it goes. Readers follow the growing file, so memory does not
-//! grow with file size or client count. A broken connection resumes with `Range` + `If-Range`,
-//! also after a restart of the process; a 200 answer to a Range request restarts from zero.
-//! At the end the size and the metadata checksum (when metadata names the file) are checked and
-//! the file is installed as a blob; if a check fails nothing is stored and readers get an error
-//! (so their connection is aborted, never ended cleanly). Transfers run as their own tasks: a
-//! client that goes away does not cancel them.
+//! upstream validators or the checksum), hashing as it goes. Readers follow the growing file,
+//! so memory does not grow with file size or client count. Its sources come in the order
+//! [`plan`] gives (bytes already held, a seed disk, a peer that holds the checksum, the site's
+//! downloader, upstream); what happens when one opens, breaks off, is too slow or sends bad
+//! bytes is decided by [`rules`] (a state machine without I/O); this module only carries its
+//! steps out: opening sources, writing the part file, publishing progress to readers, and at
+//! the end installing the verified file as a blob. If a check fails nothing is stored and
+//! readers get an error (so their connection is aborted, never ended cleanly). Transfers run as
+//! their own tasks: a client that goes away does not cancel them.
 //!
 //! Not here: deciding whether a request is a hit (the `http` and `snapshot` modules), parsing
 //! metadata, or choosing mirrors (the `upstream` module).
@@ -38,7 +40,7 @@ use crate::store::{
 };
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
-mod rules;
+pub mod rules;
 use rules::{Blame, Kind, Next, Restart, Rules};
 
 /// Size of the pieces readers take from a growing file.
