@@ -1,10 +1,13 @@
-//! Parsers for RPM repository metadata: `repomd.xml`, `primary.xml[.gz|.xz|.bz2|.zst]`
-//! and plain-text mirrorlists.
+//! Parsers for RPM repository metadata: `repomd.xml`, `primary.xml[.gz|.xz|.bz2|.zst]`,
+//! `updateinfo.xml` (same compressions) and plain-text mirrorlists; and rpm's version
+//! comparison ([`rpmvercmp`], [`Evr::rpm_cmp`]).
 //!
-//! The cache needs three facts from a repository: which metadata files exist
+//! The cache needs these facts from a repository: which metadata files exist
 //! (with their checksums and sizes, from `repomd.xml`), which package files exist
-//! (with their checksums and sizes, from `primary.xml`), and which mirrors to ask
-//! (from a mirrorlist). This module extracts exactly those facts and nothing more.
+//! (with their checksums and sizes, from `primary.xml`; with name, arch and version
+//! for prefetch planning, [`parse_primary_packages`]), which advisories name which
+//! package versions (from `updateinfo.xml`, [`parse_updateinfo`]), and which mirrors
+//! to ask (from a mirrorlist). This module extracts exactly those facts and nothing more.
 //!
 //! What this module deliberately does **not** do:
 //!
@@ -12,17 +15,21 @@
 //!   caller-supplied [`Read`]er, so everything here is pure and fuzzable.
 //! * No checksum *computation*: [`Checksum`] only carries the expected digest.
 //!   Verifying downloaded bytes against it is the caller's job.
-//! * No zchunk (`.zck`) decoding, no `filelists`/`other`/`updateinfo`/comps
-//!   parsing, no dependency data: only location, checksum and size are read.
+//! * No zchunk (`.zck`) decoding, no `filelists`/`other`/comps parsing, no dependency
+//!   data; from `updateinfo.xml` only ids, type, severity, title, dates, CVE ids and
+//!   package NEVRAs (no descriptions, no module data, no per-package file names).
+//! * No deciding what to fetch: prefetch policy lives in `prefetch`.
 //! * No resolution of `xml:base` on `<location>`: the `href` is reported as
 //!   written (relative to the repository root), the base is ignored.
 //!
 //! Safety properties: hrefs are validated (no absolute paths or URLs, no `..`,
 //! no NUL, backslash or control characters), every required field is checked and
 //! reported by name, decompression and XML errors are errors (never a silent
-//! partial result), and memory stays bounded while streaming `primary.xml`: a
-//! single XML token is limited to [`MAX_XML_TOKEN_BYTES`].
+//! partial result), and memory stays bounded while streaming `primary.xml` and
+//! `updateinfo.xml`: a single XML token is limited to [`MAX_XML_TOKEN_BYTES`], a kept
+//! value to 4096 bytes, one advisory to [`MAX_ADVISORY_BYTES`].
 
+use std::cmp::Ordering;
 use std::io::{self, BufRead, BufReader, Read};
 
 use quick_xml::NsReader;
@@ -308,6 +315,312 @@ pub struct PackageEntry {
     pub checksum: Checksum,
     /// `<size package=…>`: the package file's size in bytes.
     pub size: u64,
+}
+
+/// One `<package>` of `primary.xml` with its identity: what [`parse_primary_packages`]
+/// yields ([`PackageEntry`] plus name, arch and EVR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryPackage {
+    /// `<name>`, e.g. `bash`.
+    pub name: String,
+    /// `<arch>`, e.g. `x86_64`, `noarch`, `i686`.
+    pub arch: String,
+    /// `<version epoch ver rel>`.
+    pub evr: Evr,
+    /// `<location href>`, relative to the repository root. Validated by [`validate_href`].
+    pub href: String,
+    /// The package file's `<checksum>`.
+    pub checksum: Checksum,
+    /// `<size package=…>`: the package file's size in bytes.
+    pub size: u64,
+}
+
+/// An RPM epoch, version and release.
+///
+/// Equality is of the fields as written (`1.0` and `1.00` differ); ordering as RPM sees
+/// it is [`Evr::rpm_cmp`] (under which `1.0` and `1.00` are equal), so this type has no
+/// `Ord`. Serialised as `{"epoch":0,"version":"1.0","release":"1.el9"}`; displayed as
+/// `1.0-1.el9`, or `2:1.0-1.el9` when the epoch is not 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Evr {
+    /// The epoch; a missing epoch is 0.
+    pub epoch: u64,
+    /// The version, e.g. `1.2.3~rc1`.
+    pub version: String,
+    /// The release, e.g. `1.el9_4`.
+    pub release: String,
+}
+
+impl Evr {
+    /// An EVR from its parts.
+    pub fn new(epoch: u64, version: impl Into<String>, release: impl Into<String>) -> Self {
+        Evr {
+            epoch,
+            version: version.into(),
+            release: release.into(),
+        }
+    }
+
+    /// Parses `[epoch:]version-release` (the release is what follows the last `-`).
+    /// `None` when there is no `-`, an empty version or release, or a non-numeric epoch.
+    pub fn parse(s: &str) -> Option<Evr> {
+        let (ev, release) = s.rsplit_once('-')?;
+        let (epoch, version) = match ev.split_once(':') {
+            Some((e, v)) => (parse_u64(e)?, v),
+            None => (0, ev),
+        };
+        if version.is_empty() || release.is_empty() {
+            return None;
+        }
+        Some(Evr::new(epoch, version, release))
+    }
+
+    /// Compares two EVRs as rpm does (`rpmverCmp`): epochs as numbers, then versions,
+    /// then releases, each with [`rpmvercmp`].
+    pub fn rpm_cmp(&self, other: &Evr) -> Ordering {
+        self.epoch
+            .cmp(&other.epoch)
+            .then_with(|| rpmvercmp(&self.version, &other.version))
+            .then_with(|| rpmvercmp(&self.release, &other.release))
+    }
+
+    /// Whether `self` is newer than `other` by [`Evr::rpm_cmp`].
+    pub fn newer_than(&self, other: &Evr) -> bool {
+        self.rpm_cmp(other) == Ordering::Greater
+    }
+}
+
+impl std::fmt::Display for Evr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.epoch != 0 {
+            write!(f, "{}:", self.epoch)?;
+        }
+        write!(f, "{}-{}", self.version, self.release)
+    }
+}
+
+/// rpm's version-segment comparison (`rpmvercmp` in rpm's `lib/rpmvercmp.c`), for one
+/// version or one release string.
+///
+/// Both strings are cut into segments of ASCII digits or ASCII letters; every other byte
+/// (`.`, `_`, `+`, non-ASCII…) only separates segments. Segments are compared in turn:
+/// two numeric segments as numbers (leading zeros ignored, any length), two alphabetic
+/// ones bytewise (`A` < `a`), and a numeric segment is newer than an alphabetic one. `~`
+/// sorts before anything, even the end of the string (`1.0~rc1` < `1.0`); `^` sorts after
+/// the end of the string but before any further segment (`1.0` < `1.0^git1` < `1.0.1`).
+/// When all segments compare equal, the string with segments left over is newer;
+/// separators alone do not count (`1.0` = `1_0` = `1.0.`).
+///
+/// Hand-written rather than taken from a crate: `librpm` and `rpmvercmp` bind rpm's C
+/// library (which a node need not have), and the pure-Rust `rpm-version` would add a
+/// dependency and its own EVR type for some eighty lines; what matters is matching rpm
+/// exactly, which the test table (rpm's own `rpmvercmp.at` plus our cases, every row
+/// checked against rpm 4.18's C `rpmvercmp`) pins down.
+pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
+    if a == b {
+        return Ordering::Equal;
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let is_sep = |c: u8| !c.is_ascii_alphanumeric() && c != b'~' && c != b'^';
+    let (mut i, mut j) = (0usize, 0usize);
+    while i < a.len() || j < b.len() {
+        while a.get(i).is_some_and(|&c| is_sep(c)) {
+            i += 1;
+        }
+        while b.get(j).is_some_and(|&c| is_sep(c)) {
+            j += 1;
+        }
+        let (ca, cb) = (a.get(i).copied(), b.get(j).copied());
+        // `~` sorts before everything else, the end of the string included.
+        if ca == Some(b'~') || cb == Some(b'~') {
+            if ca != Some(b'~') {
+                return Ordering::Greater;
+            }
+            if cb != Some(b'~') {
+                return Ordering::Less;
+            }
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // `^` sorts after the end of the string, before anything else.
+        if ca == Some(b'^') || cb == Some(b'^') {
+            if ca.is_none() {
+                return Ordering::Less;
+            }
+            if cb.is_none() {
+                return Ordering::Greater;
+            }
+            if ca != Some(b'^') {
+                return Ordering::Greater;
+            }
+            if cb != Some(b'^') {
+                return Ordering::Less;
+            }
+            i += 1;
+            j += 1;
+            continue;
+        }
+        let (Some(first), Some(_)) = (ca, cb) else {
+            break;
+        };
+        let numeric = first.is_ascii_digit();
+        let in_segment = |c: u8| {
+            if numeric {
+                c.is_ascii_digit()
+            } else {
+                c.is_ascii_alphabetic()
+            }
+        };
+        let end_a = i + a[i..].iter().take_while(|&&c| in_segment(c)).count();
+        let end_b = j + b[j..].iter().take_while(|&&c| in_segment(c)).count();
+        // `a`'s segment is never empty (its first byte is alphanumeric); an empty one
+        // in `b` means the segments are of different kinds: numeric is newer.
+        if end_b == j {
+            return if numeric {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            };
+        }
+        let (mut sa, mut sb) = (&a[i..end_a], &b[j..end_b]);
+        if numeric {
+            while let [b'0', rest @ ..] = sa {
+                sa = rest;
+            }
+            while let [b'0', rest @ ..] = sb {
+                sb = rest;
+            }
+            match sa.len().cmp(&sb.len()) {
+                Ordering::Equal => {}
+                longer => return longer,
+            }
+        }
+        match sa.cmp(sb) {
+            Ordering::Equal => {}
+            other => return other,
+        }
+        i = end_a;
+        j = end_b;
+    }
+    match (i >= a.len(), j >= b.len()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        _ => Ordering::Greater,
+    }
+}
+
+/// One `<update>` of `updateinfo.xml`: an advisory (erratum), as far as prefetch
+/// planning and the status page need it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Advisory {
+    /// `<id>`, e.g. `ALSA-2024:1234` or `FEDORA-2024-abcdef`.
+    pub id: String,
+    /// The `type` attribute.
+    pub kind: AdvisoryKind,
+    /// `<severity>` (or a `severity` attribute of `<update>`); [`Severity::Unknown`]
+    /// when absent or not one of the four known words.
+    pub severity: Severity,
+    /// `<title>`, trimmed; empty when absent.
+    pub title: String,
+    /// `<issued date>` as written (createrepo_c: `2024-05-01 12:00:00`), if present.
+    pub issued: Option<String>,
+    /// `<updated date>` as written, if present.
+    pub updated: Option<String>,
+    /// The `id` of every `<reference type="cve">`, in document order, without duplicates.
+    pub cves: Vec<String>,
+    /// Every `<package>` of every `<collection>` of `<pkglist>`, in document order,
+    /// source packages (`arch="src"`) included.
+    pub packages: Vec<AdvisoryPackage>,
+}
+
+/// One `<package name arch epoch version release>` of an advisory's `<pkglist>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct AdvisoryPackage {
+    /// The `name` attribute.
+    pub name: String,
+    /// The `arch` attribute (`src` for source packages).
+    pub arch: String,
+    /// `epoch` (0 when absent), `version` and `release`.
+    pub evr: Evr,
+}
+
+/// An advisory's `type`. Serialised as the lowercase word (`"security"`…, or the
+/// unknown type as written).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AdvisoryKind {
+    /// `security`.
+    Security,
+    /// `bugfix`.
+    Bugfix,
+    /// `enhancement`.
+    Enhancement,
+    /// `newpackage`.
+    NewPackage,
+    /// Anything else, as written (trimmed); empty when the attribute is absent.
+    Other(String),
+}
+
+impl AdvisoryKind {
+    /// Parses a `type` attribute, case-insensitively.
+    pub fn from_name(s: &str) -> AdvisoryKind {
+        let t = s.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "security" => AdvisoryKind::Security,
+            "bugfix" => AdvisoryKind::Bugfix,
+            "enhancement" => AdvisoryKind::Enhancement,
+            "newpackage" => AdvisoryKind::NewPackage,
+            _ => AdvisoryKind::Other(t.to_owned()),
+        }
+    }
+
+    /// The lowercase word, or the unknown type as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AdvisoryKind::Security => "security",
+            AdvisoryKind::Bugfix => "bugfix",
+            AdvisoryKind::Enhancement => "enhancement",
+            AdvisoryKind::NewPackage => "newpackage",
+            AdvisoryKind::Other(s) => s,
+        }
+    }
+}
+
+impl serde::Serialize for AdvisoryKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// An advisory's severity, most urgent first: the derived order puts `Critical`
+/// before `Important` before `Moderate` before `Low` before `Unknown`. Serialised as
+/// the lowercase word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// `Critical`.
+    Critical,
+    /// `Important`.
+    Important,
+    /// `Moderate`.
+    Moderate,
+    /// `Low`.
+    Low,
+    /// Absent, empty, `None` or any other word.
+    Unknown,
+}
+
+impl Severity {
+    /// Parses a severity word, case-insensitively; anything unknown is `Unknown`.
+    pub fn from_name(s: &str) -> Severity {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "critical" => Severity::Critical,
+            "important" => Severity::Important,
+            "moderate" => Severity::Moderate,
+            "low" => Severity::Low,
+            _ => Severity::Unknown,
+        }
+    }
 }
 
 /// Checks that an href is a plain relative path inside the repository.
@@ -666,6 +979,26 @@ fn attr(
     }
 }
 
+/// [`attr`] for a value that is kept: longer than [`MAX_FIELD_TEXT`] bytes as written
+/// is an error naming `field`, so a huge attribute never becomes a huge string.
+fn attr_bounded(
+    elem: &Elem,
+    name: &str,
+    field: &'static str,
+    context: &dyn Fn() -> String,
+) -> Result<Option<String>, RepodataError> {
+    if let Ok(Some(a)) = elem.start.try_get_attribute(name) {
+        if a.value.len() > MAX_FIELD_TEXT {
+            return Err(RepodataError::Invalid {
+                field,
+                context: context(),
+                reason: format!("attribute {name} longer than {MAX_FIELD_TEXT} bytes"),
+            });
+        }
+    }
+    attr(elem, name, context)
+}
+
 /// Parses a strictly decimal `u64` (no sign, no spaces inside).
 fn parse_u64(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -937,6 +1270,7 @@ fn rec_context(index: usize, kind: &str) -> String {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PrimaryText {
     Name,
+    Arch,
     Checksum,
 }
 
@@ -945,6 +1279,13 @@ struct PackageState {
     index: usize,
     name: TextBuf,
     name_seen: bool,
+    arch: TextBuf,
+    arch_seen: bool,
+    /// `<version epoch ver rel>` attributes; only read by [`parse_primary_packages`].
+    version: Option<(Option<String>, Option<String>, Option<String>)>,
+    /// The first problem with `<arch>`/`<version>`, reported only by
+    /// [`parse_primary_packages`] so that [`parse_primary`] keeps its old behaviour.
+    nevra_error: Option<RepodataError>,
     checksum_type: Option<String>,
     checksum: Option<TextBuf>,
     size: Option<u64>,
@@ -985,6 +1326,91 @@ impl PackageState {
             size,
         })
     }
+
+    /// [`PackageState::finish`] plus name, arch and EVR, all required.
+    fn finish_full(mut self) -> Result<PrimaryPackage, RepodataError> {
+        let context = self.context();
+        if let Some(e) = self.nevra_error.take() {
+            return Err(e);
+        }
+        let name = required_text(&self.name, "<name>", &context)?;
+        let arch = required_text(&self.arch, "<arch>", &context)?;
+        let Some((epoch, ver, rel)) = self.version.take() else {
+            return Err(RepodataError::Missing {
+                field: "<version>",
+                context,
+            });
+        };
+        let evr = evr_from(epoch, ver, rel, "<version", &context)?;
+        let entry = self.finish()?;
+        Ok(PrimaryPackage {
+            name,
+            arch,
+            evr,
+            href: entry.href,
+            checksum: entry.checksum,
+            size: entry.size,
+        })
+    }
+}
+
+/// The trimmed text of a required text element: present, not empty, not over the limit.
+fn required_text(
+    text: &TextBuf,
+    field: &'static str,
+    context: &str,
+) -> Result<String, RepodataError> {
+    if text.overflow {
+        return Err(RepodataError::Invalid {
+            field,
+            context: context.to_owned(),
+            reason: format!("longer than {MAX_FIELD_TEXT} bytes"),
+        });
+    }
+    let t = text.text.trim();
+    if t.is_empty() {
+        return Err(RepodataError::Missing {
+            field,
+            context: context.to_owned(),
+        });
+    }
+    Ok(t.to_owned())
+}
+
+/// Builds an [`Evr`] from `epoch`/`ver`/`rel` attribute values (`prefix` is the element,
+/// e.g. `"<version"`, for messages). A missing or empty epoch is 0; version and release
+/// are required and may not be empty.
+fn evr_from(
+    epoch: Option<String>,
+    ver: Option<String>,
+    rel: Option<String>,
+    prefix: &'static str,
+    context: &str,
+) -> Result<Evr, RepodataError> {
+    let (f_epoch, f_ver, f_rel) = match prefix {
+        "<version" => ("<version epoch>", "<version ver>", "<version rel>"),
+        _ => ("<package epoch>", "<package version>", "<package release>"),
+    };
+    let epoch = match epoch.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(e) => parse_u64(e).ok_or_else(|| RepodataError::Invalid {
+            field: f_epoch,
+            context: context.to_owned(),
+            reason: format!("not a decimal number: {e:?}"),
+        })?,
+    };
+    let nonempty = |v: Option<String>, field: &'static str| match v {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(RepodataError::Missing {
+            field,
+            context: context.to_owned(),
+        }),
+    };
+    Ok(Evr {
+        epoch,
+        version: nonempty(ver, f_ver)?,
+        release: nonempty(rel, f_rel)?,
+    })
 }
 
 /// Streams `primary.xml` (compressed as given) from `reader` and calls
@@ -994,6 +1420,7 @@ impl PackageState {
 /// (`http://linux.duke.edu/metadata/common`) are read: `<checksum type=…>`,
 /// `<size package=…>` and `<location href=…>` are required, `<name>` is used in
 /// error messages. Everything under `<format>` (the `rpm:` elements) is skipped.
+/// [`parse_primary_packages`] also reads name, arch and EVR.
 ///
 /// A `<location>` with an `xml:base` attribute is still reported with its
 /// `href` alone: the base is ignored, so such packages look like they live
@@ -1008,6 +1435,36 @@ pub fn parse_primary<R: Read>(
     reader: R,
     compression: Compression,
     mut on_package: impl FnMut(PackageEntry),
+) -> Result<usize, RepodataError> {
+    primary_loop(reader, compression, false, |state| {
+        on_package(state.finish()?);
+        Ok(())
+    })
+}
+
+/// [`parse_primary`] that also reads each package's `<name>`, `<arch>` and
+/// `<version epoch ver rel>` (all required here, epoch defaulting to 0), for code
+/// that reasons about versions (prefetch planning). Same streaming, limits and
+/// error behaviour; a `<package>` without those fields is an error here while
+/// [`parse_primary`] accepts it.
+pub fn parse_primary_packages<R: Read>(
+    reader: R,
+    compression: Compression,
+    mut on_package: impl FnMut(PrimaryPackage),
+) -> Result<usize, RepodataError> {
+    primary_loop(reader, compression, true, |state| {
+        on_package(state.finish_full()?);
+        Ok(())
+    })
+}
+
+/// The `primary.xml` event loop shared by [`parse_primary`] and
+/// [`parse_primary_packages`]; `nevra` says whether arch and version are collected.
+fn primary_loop<R: Read>(
+    reader: R,
+    compression: Compression,
+    nevra: bool,
+    mut on_state: impl FnMut(PackageState) -> Result<(), RepodataError>,
 ) -> Result<usize, RepodataError> {
     let decoder = Decoder::new(reader, compression)?;
     let mut pump = Pump::new(BufReader::with_capacity(READ_BUF, decoder));
@@ -1031,7 +1488,7 @@ pub fn parse_primary<R: Read>(
                     ..PackageState::default()
                 };
                 if empty {
-                    on_package(state.finish()?);
+                    on_state(state)?;
                     count += 1;
                 } else {
                     pkg = Some(state);
@@ -1046,6 +1503,31 @@ pub fn parse_primary<R: Read>(
                     p.name_seen = true;
                     if !empty {
                         collecting = Some(PrimaryText::Name);
+                    }
+                } else if nevra && e.is("arch") {
+                    if p.arch_seen && p.nevra_error.is_none() {
+                        p.nevra_error = Some(duplicate("<arch>", p.context()));
+                    }
+                    p.arch_seen = true;
+                    if !empty {
+                        collecting = Some(PrimaryText::Arch);
+                    }
+                } else if nevra && e.is("version") {
+                    let ctx = || p.context();
+                    let read = |name| attr_bounded(&e, name, "<version>", &ctx);
+                    let attrs = read("epoch").and_then(|ep| Ok((ep, read("ver")?, read("rel")?)));
+                    match attrs {
+                        Ok(_) if p.version.is_some() => {
+                            if p.nevra_error.is_none() {
+                                p.nevra_error = Some(duplicate("<version>", p.context()));
+                            }
+                        }
+                        Ok(v) => p.version = Some(v),
+                        Err(err) => {
+                            if p.nevra_error.is_none() {
+                                p.nevra_error = Some(err);
+                            }
+                        }
                     }
                 } else if e.is("checksum") {
                     if p.checksum.is_some() {
@@ -1088,6 +1570,7 @@ pub fn parse_primary<R: Read>(
                 if let Some(p) = pkg.as_mut() {
                     match collecting {
                         Some(PrimaryText::Name) => p.name.push(&t),
+                        Some(PrimaryText::Arch) => p.arch.push(&t),
                         Some(PrimaryText::Checksum) => {
                             if let Some(c) = p.checksum.as_mut() {
                                 c.push(&t);
@@ -1103,9 +1586,323 @@ pub fn parse_primary<R: Read>(
                 }
                 if depth == 2 {
                     if let Some(p) = pkg.take() {
-                        on_package(p.finish()?);
+                        on_state(p)?;
                         count += 1;
                     }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(count)
+}
+
+// ---------------------------------------------------------------------------
+// updateinfo.xml
+// ---------------------------------------------------------------------------
+
+/// Most memory one advisory may keep (ids, CVE ids, package names and versions, and the
+/// structs that hold them), in bytes. Real advisories keep a few KiB; a kernel erratum
+/// listing hundreds of packages stays far below this.
+pub const MAX_ADVISORY_BYTES: u64 = 4 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpdateText {
+    Id,
+    Title,
+    Severity,
+}
+
+/// Where inside `<update>` the pump is, for the elements that matter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpdatePart {
+    Elsewhere,
+    References,
+    Pkglist,
+    Collection,
+}
+
+#[derive(Default)]
+struct AdvisoryState {
+    index: usize,
+    kind: Option<String>,
+    severity_attr: Option<String>,
+    id: Option<TextBuf>,
+    title: Option<TextBuf>,
+    severity: Option<TextBuf>,
+    issued: Option<String>,
+    issued_seen: bool,
+    updated: Option<String>,
+    updated_seen: bool,
+    cves: Vec<String>,
+    packages: Vec<AdvisoryPackage>,
+    kept: u64,
+}
+
+impl AdvisoryState {
+    fn context(&self) -> String {
+        match self.id.as_ref().map(|t| t.text.trim()) {
+            Some(id) if !id.is_empty() && !self.id.as_ref().is_some_and(|t| t.overflow) => {
+                format!("advisory #{} ({id})", self.index)
+            }
+            _ => format!("advisory #{}", self.index),
+        }
+    }
+
+    /// Counts `bytes` against [`MAX_ADVISORY_BYTES`].
+    fn keep(&mut self, bytes: usize) -> Result<(), RepodataError> {
+        self.kept = self
+            .kept
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if self.kept > MAX_ADVISORY_BYTES {
+            return Err(RepodataError::TooLarge {
+                what: "one advisory's kept fields",
+                limit: MAX_ADVISORY_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Advisory, RepodataError> {
+        let context = self.context();
+        let id = match &self.id {
+            Some(t) => required_text(t, "<id>", &context)?,
+            None => {
+                return Err(RepodataError::Missing {
+                    field: "<id>",
+                    context,
+                });
+            }
+        };
+        let title = match &self.title {
+            Some(t) if t.overflow => {
+                return Err(RepodataError::Invalid {
+                    field: "<title>",
+                    context,
+                    reason: format!("longer than {MAX_FIELD_TEXT} bytes"),
+                });
+            }
+            Some(t) => t.text.trim().to_owned(),
+            None => String::new(),
+        };
+        let severity = match (&self.severity, &self.severity_attr) {
+            (Some(t), _) if !t.overflow => Severity::from_name(&t.text),
+            (Some(_), _) => Severity::Unknown,
+            (None, Some(a)) => Severity::from_name(a),
+            (None, None) => Severity::Unknown,
+        };
+        Ok(Advisory {
+            id,
+            kind: AdvisoryKind::from_name(self.kind.as_deref().unwrap_or("")),
+            severity,
+            title,
+            issued: self.issued,
+            updated: self.updated,
+            cves: self.cves,
+            packages: self.packages,
+        })
+    }
+}
+
+/// Streams `updateinfo.xml` (compressed as given) from `reader` and calls `on_advisory`
+/// once per `<update>`, in document order. Returns the count.
+///
+/// Reads the format createrepo_c and modifyrepo_c write:
+///
+/// ```xml
+/// <updates>
+///   <update from="…" status="final" type="security" version="2">
+///     <id>ALSA-2024:1234</id>  <title>Important: openssl security update</title>
+///     <issued date="2024-05-01 00:00:00"/>  <updated date="…"/>  <severity>Important</severity>
+///     <references><reference href="…" id="CVE-2024-0001" type="cve" title="…"/></references>
+///     <pkglist><collection short="…"><name>…</name>
+///       <package name="openssl" version="3.0.7" release="27.el9" epoch="1" arch="x86_64" src="…">
+///         <filename>…</filename><sum type="sha256">…</sum></package>
+///     </collection></pkglist>
+///   </update>
+/// </updates>
+/// ```
+///
+/// `<id>` is required and not empty; each `<package>` needs `name`, `arch`, `version`
+/// and `release` (a missing or empty `epoch` is 0). `type`, `<severity>` (the element,
+/// or else a `severity` attribute of `<update>`), `<title>`, `<issued>` and `<updated>`
+/// may be absent. Descriptions, solutions, rights, `<module>` and `<filename>`/`<sum>`
+/// are skipped. Elements in a namespace (any prefix bound to a URI) are ignored.
+///
+/// Memory is bounded like [`parse_primary`]'s (one XML token at most
+/// [`MAX_XML_TOKEN_BYTES`]), kept values are at most 4096 bytes each (longer is an
+/// error, never truncated), and one advisory keeps at most [`MAX_ADVISORY_BYTES`].
+/// Advisories already passed to `on_advisory` stay passed when a later error is
+/// returned; treat an `Err` as "this updateinfo.xml is unusable".
+pub fn parse_updateinfo<R: Read>(
+    reader: R,
+    compression: Compression,
+    mut on_advisory: impl FnMut(Advisory),
+) -> Result<usize, RepodataError> {
+    let decoder = Decoder::new(reader, compression)?;
+    let mut pump = Pump::new(BufReader::with_capacity(READ_BUF, decoder));
+    let mut count = 0usize;
+    let mut adv: Option<AdvisoryState> = None;
+    let mut collecting: Option<UpdateText> = None;
+    let mut part = UpdatePart::Elsewhere;
+    let mut index = 0usize;
+
+    // Namespace "": only elements in no namespace are the document's own.
+    while let Some((ev, elem)) = pump.next("")? {
+        match (ev, elem) {
+            (Ev::Open { depth: 1, .. }, Some(e)) if !e.is("updates") => {
+                return Err(pump.xml_error(format!(
+                    "root element is <{}>, expected <updates>",
+                    e.start.name().as_ref()
+                )));
+            }
+            (Ev::Open { depth: 2, empty }, Some(e)) if e.is("update") => {
+                index += 1;
+                let i = index;
+                let ctx = || format!("advisory #{i}");
+                let mut state = AdvisoryState {
+                    index,
+                    kind: attr_bounded(&e, "type", "<update type>", &ctx)?,
+                    severity_attr: attr_bounded(&e, "severity", "<update severity>", &ctx)?,
+                    ..AdvisoryState::default()
+                };
+                state.keep(std::mem::size_of::<Advisory>())?;
+                if empty {
+                    on_advisory(state.finish()?);
+                    count += 1;
+                } else {
+                    adv = Some(state);
+                    part = UpdatePart::Elsewhere;
+                }
+            }
+            (Ev::Open { depth: 3, empty }, Some(e)) => {
+                let Some(a) = adv.as_mut() else { continue };
+                let slot = if e.is("id") {
+                    Some((&mut a.id, "<id>", UpdateText::Id))
+                } else if e.is("title") {
+                    Some((&mut a.title, "<title>", UpdateText::Title))
+                } else if e.is("severity") {
+                    Some((&mut a.severity, "<severity>", UpdateText::Severity))
+                } else {
+                    None
+                };
+                if let Some((slot, field, which)) = slot {
+                    if slot.is_some() {
+                        return Err(duplicate(field, a.context()));
+                    }
+                    *slot = Some(TextBuf::default());
+                    collecting = (!empty).then_some(which);
+                } else if e.is("issued") || e.is("updated") {
+                    let issued = e.is("issued");
+                    let (field, seen) = if issued {
+                        ("<issued>", a.issued_seen)
+                    } else {
+                        ("<updated>", a.updated_seen)
+                    };
+                    if seen {
+                        return Err(duplicate(field, a.context()));
+                    }
+                    let ctx = || a.context();
+                    let date = attr_bounded(&e, "date", field, &ctx)?
+                        .map(|d| d.trim().to_owned())
+                        .filter(|d| !d.is_empty());
+                    a.keep(date.as_ref().map_or(0, String::len))?;
+                    if issued {
+                        a.issued_seen = true;
+                        a.issued = date;
+                    } else {
+                        a.updated_seen = true;
+                        a.updated = date;
+                    }
+                } else if e.is("references") && !empty {
+                    part = UpdatePart::References;
+                } else if e.is("pkglist") && !empty {
+                    part = UpdatePart::Pkglist;
+                }
+            }
+            (Ev::Open { depth: 4, empty }, Some(e)) => {
+                let Some(a) = adv.as_mut() else { continue };
+                if part == UpdatePart::References && e.is("reference") {
+                    let ctx = || a.context();
+                    let kind = attr_bounded(&e, "type", "<reference type>", &ctx)?;
+                    if !kind.is_some_and(|k| k.trim().eq_ignore_ascii_case("cve")) {
+                        continue;
+                    }
+                    let Some(id) = attr_bounded(&e, "id", "<reference id>", &ctx)? else {
+                        continue;
+                    };
+                    let id = id.trim();
+                    if !id.is_empty() && !a.cves.iter().any(|c| c == id) {
+                        a.keep(id.len() + std::mem::size_of::<String>())?;
+                        a.cves.push(id.to_owned());
+                    }
+                } else if part == UpdatePart::Pkglist && e.is("collection") && !empty {
+                    part = UpdatePart::Collection;
+                }
+            }
+            (Ev::Open { depth: 5, .. }, Some(e)) => {
+                let Some(a) = adv.as_mut() else { continue };
+                if part != UpdatePart::Collection || !e.is("package") {
+                    continue;
+                }
+                let n = a.packages.len() + 1;
+                let ctx = || format!("{} <package> #{n}", a.context());
+                let read = |name, field| attr_bounded(&e, name, field, &ctx);
+                let name = read("name", "<package name>")?;
+                let arch = read("arch", "<package arch>")?;
+                let epoch = read("epoch", "<package epoch>")?;
+                let version = read("version", "<package version>")?;
+                let release = read("release", "<package release>")?;
+                let nonempty = |v: Option<String>, field| match v {
+                    Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+                    _ => Err(RepodataError::Missing {
+                        field,
+                        context: ctx(),
+                    }),
+                };
+                let name = nonempty(name, "<package name>")?;
+                let arch = nonempty(arch, "<package arch>")?;
+                let evr = evr_from(epoch, version, release, "<package", &ctx())?;
+                let bytes = std::mem::size_of::<AdvisoryPackage>()
+                    + name.len()
+                    + arch.len()
+                    + evr.version.len()
+                    + evr.release.len();
+                a.keep(bytes)?;
+                a.packages.push(AdvisoryPackage { name, arch, evr });
+            }
+            (Ev::Text { depth: 3, text: t }, _) => {
+                let Some(a) = adv.as_mut() else { continue };
+                let slot = match collecting {
+                    Some(UpdateText::Id) => a.id.as_mut(),
+                    Some(UpdateText::Title) => a.title.as_mut(),
+                    Some(UpdateText::Severity) => a.severity.as_mut(),
+                    None => None,
+                };
+                if let Some(buf) = slot {
+                    buf.push(&t);
+                }
+            }
+            (Ev::Close { depth }, _) => {
+                if depth <= 3 {
+                    collecting = None;
+                }
+                match depth {
+                    2 => {
+                        if let Some(mut a) = adv.take() {
+                            let texts = [&a.id, &a.title, &a.severity]
+                                .iter()
+                                .map(|t| t.as_ref().map_or(0, |t| t.text.len()))
+                                .sum();
+                            a.keep(texts)?;
+                            on_advisory(a.finish()?);
+                            count += 1;
+                        }
+                        part = UpdatePart::Elsewhere;
+                    }
+                    3 => part = UpdatePart::Elsewhere,
+                    4 if part == UpdatePart::Collection => part = UpdatePart::Pkglist,
+                    _ => {}
                 }
             }
             _ => {}
@@ -1943,6 +2740,227 @@ mod tests {
             let _ = primary(&bytes, Compression::None);
             let _ = parse_mirrorlist(&bytes);
         }
+    }
+
+    // ----- rpmvercmp / Evr -----
+
+    /// rpm's own table (`tests/rpmvercmp.at`, including the "oddities" it documents as
+    /// current behaviour) plus cases of our own. Every row was checked against rpm 4.18's
+    /// C function (`rpmvercmp` in librpmio.so.9, called through Python's ctypes).
+    const VERCMP: &[(&str, &str, i8)] = &[
+        ("1.0", "1.0", 0),
+        ("1.0", "2.0", -1),
+        ("2.0", "1.0", 1),
+        ("2.0.1", "2.0.1", 0),
+        ("2.0", "2.0.1", -1),
+        ("2.0.1", "2.0", 1),
+        ("2.0.1a", "2.0.1a", 0),
+        ("2.0.1a", "2.0.1", 1),
+        ("2.0.1", "2.0.1a", -1),
+        ("5.5p1", "5.5p1", 0),
+        ("5.5p1", "5.5p2", -1),
+        ("5.5p2", "5.5p1", 1),
+        ("5.5p10", "5.5p10", 0),
+        ("5.5p1", "5.5p10", -1),
+        ("5.5p10", "5.5p1", 1),
+        ("10xyz", "10.1xyz", -1),
+        ("10.1xyz", "10xyz", 1),
+        ("xyz10", "xyz10", 0),
+        ("xyz10", "xyz10.1", -1),
+        ("xyz10.1", "xyz10", 1),
+        ("xyz.4", "xyz.4", 0),
+        ("xyz.4", "8", -1),
+        ("8", "xyz.4", 1),
+        ("xyz.4", "2", -1),
+        ("2", "xyz.4", 1),
+        ("5.5p2", "5.6p1", -1),
+        ("5.6p1", "5.5p2", 1),
+        ("5.6p1", "6.5p1", -1),
+        ("6.5p1", "5.6p1", 1),
+        ("6.0.rc1", "6.0", 1),
+        ("6.0", "6.0.rc1", -1),
+        ("10b2", "10a1", 1),
+        ("10a2", "10b2", -1),
+        ("1.0aa", "1.0aa", 0),
+        ("1.0a", "1.0aa", -1),
+        ("1.0aa", "1.0a", 1),
+        ("10.0001", "10.0001", 0),
+        ("10.0001", "10.1", 0),
+        ("10.1", "10.0001", 0),
+        ("10.0001", "10.0039", -1),
+        ("10.0039", "10.0001", 1),
+        ("4.999.9", "5.0", -1),
+        ("5.0", "4.999.9", 1),
+        ("20101121", "20101121", 0),
+        ("20101121", "20101122", -1),
+        ("20101122", "20101121", 1),
+        ("2_0", "2_0", 0),
+        ("2.0", "2_0", 0),
+        ("2_0", "2.0", 0),
+        ("a", "a", 0),
+        ("a+", "a+", 0),
+        ("a+", "a_", 0),
+        ("a_", "a+", 0),
+        ("+a", "+a", 0),
+        ("+a", "_a", 0),
+        ("_a", "+a", 0),
+        ("+_", "+_", 0),
+        ("_+", "+_", 0),
+        ("_+", "_+", 0),
+        ("+", "_", 0),
+        ("_", "+", 0),
+        ("1.0~rc1", "1.0~rc1", 0),
+        ("1.0~rc1", "1.0", -1),
+        ("1.0", "1.0~rc1", 1),
+        ("1.0~rc1", "1.0~rc2", -1),
+        ("1.0~rc2", "1.0~rc1", 1),
+        ("1.0~rc1~git123", "1.0~rc1~git123", 0),
+        ("1.0~rc1~git123", "1.0~rc1", -1),
+        ("1.0~rc1", "1.0~rc1~git123", 1),
+        ("1.0^", "1.0^", 0),
+        ("1.0^", "1.0", 1),
+        ("1.0", "1.0^", -1),
+        ("1.0^git1", "1.0^git1", 0),
+        ("1.0^git1", "1.0", 1),
+        ("1.0", "1.0^git1", -1),
+        ("1.0^git1", "1.0^git2", -1),
+        ("1.0^git2", "1.0^git1", 1),
+        ("1.0^git1", "1.01", -1),
+        ("1.01", "1.0^git1", 1),
+        ("1.0^20160101", "1.0^20160101", 0),
+        ("1.0^20160101", "1.0.1", -1),
+        ("1.0.1", "1.0^20160101", 1),
+        ("1.0^20160101^git1", "1.0^20160101^git1", 0),
+        ("1.0^20160102", "1.0^20160101^git1", 1),
+        ("1.0^20160101^git1", "1.0^20160102", -1),
+        ("1.0~rc1^git1", "1.0~rc1^git1", 0),
+        ("1.0~rc1^git1", "1.0~rc1", 1),
+        ("1.0~rc1", "1.0~rc1^git1", -1),
+        ("1.0^git1~pre", "1.0^git1~pre", 0),
+        ("1.0^git1", "1.0^git1~pre", 1),
+        ("1.0^git1~pre", "1.0^git1", -1),
+        // rpm's documented oddities
+        ("1b.fc17", "1b.fc17", 0),
+        ("1b.fc17", "1.fc17", -1),
+        ("1.fc17", "1b.fc17", 1),
+        ("1g.fc17", "1g.fc17", 0),
+        ("1g.fc17", "1.fc17", 1),
+        ("1.fc17", "1g.fc17", -1),
+        ("1.1.α", "1.1.α", 0),
+        ("1.1.α", "1.1.β", 0),
+        ("1.1.β", "1.1.α", 0),
+        ("1.1.αα", "1.1.α", 0),
+        ("1.1.α", "1.1.ββ", 0),
+        ("1.1.ββ", "1.1.αα", 0),
+        // our own
+        ("1.0a", "1.0.1", -1),
+        ("1.0.1", "1.0a", 1),
+        ("1.0", "1.0.1", -1),
+        ("1.0", "1.0.", 0),
+        ("1.0.", "1.0", 0),
+        ("", "", 0),
+        ("", "1", -1),
+        ("1", "", 1),
+        ("", "a", -1),
+        ("~", "", -1),
+        ("", "~", 1),
+        ("^", "", 1),
+        ("", "^", -1),
+        ("~", "^", -1),
+        ("01", "1", 0),
+        ("000", "0", 0),
+        ("1.a", "1.A", 1),
+        ("1.Z", "1.a", -1),
+        (
+            "123456789012345678901234567890",
+            "123456789012345678901234567891",
+            -1,
+        ),
+        ("99999999999999999999999", "100000000000000000000000", -1),
+        ("el9_4", "el9_10", -1),
+        ("1.el9", "1.el9_2", -1),
+        ("27.el9_4.1", "27.el9_4", 1),
+        ("2.fc30", "2.fc30.1", -1),
+        ("1.0~~", "1.0~", -1),
+        ("1.0~", "1.0", -1),
+        ("1.0^^", "1.0^", 1),
+        ("a1", "1a", -1),
+        ("1.0-1", "1.0-1", 0),
+        ("1.0\u{0}", "1.0", 0),
+    ];
+
+    fn ord(v: i8) -> Ordering {
+        v.cmp(&0)
+    }
+
+    #[test]
+    fn rpmvercmp_table() {
+        for &(a, b, want) in VERCMP {
+            assert_eq!(rpmvercmp(a, b), ord(want), "rpmvercmp({a:?}, {b:?})");
+            // antisymmetric
+            assert_eq!(rpmvercmp(b, a), ord(-want), "rpmvercmp({b:?}, {a:?})");
+        }
+    }
+
+    #[test]
+    fn rpmvercmp_never_panics() {
+        let alphabet = [
+            "", "0", "1", "9", "a", "Z", ".", "_", "~", "^", "é", "00", "+",
+        ];
+        for x in alphabet {
+            for y in alphabet {
+                for z in alphabet {
+                    let a = format!("{x}{y}{z}");
+                    for w in alphabet {
+                        let b = format!("{z}{w}{x}");
+                        let r = rpmvercmp(&a, &b);
+                        assert_eq!(rpmvercmp(&b, &a), r.reverse(), "{a:?} {b:?}");
+                    }
+                    assert_eq!(rpmvercmp(&a, &a), Ordering::Equal);
+                }
+            }
+        }
+    }
+
+    /// (a, b, rpm's `labelCompare(a, b)`), checked against rpm 4.18's Python binding.
+    const EVRCMP: &[(&str, &str, i8)] = &[
+        ("2:1.0-1", "1:9.9-1", 1),
+        ("1:9.9-1", "2:1.0-1", -1),
+        ("0:1.0-1", "1.0-1", 0),
+        ("1.0-1", "1.0-2", -1),
+        ("1.0-10", "1.0-9", 1),
+        ("1.0-1.el9", "1.0-1.el9_1", -1),
+        ("1:1.0~rc1-1", "1:1.0-1", -1),
+        ("1.0.1-1", "1.0-99", 1),
+        ("1.0-1", "1.0a-1", -1),
+        ("10:0.1-1", "9:99-99", 1),
+        ("3.0.7-27.el9", "3.0.7-27.el9_4.1", -1),
+        ("1.0^git1-1", "1.0-1", 1),
+    ];
+
+    #[test]
+    fn evr_compare_and_parse() {
+        for &(a, b, want) in EVRCMP {
+            let (ea, eb) = (Evr::parse(a).unwrap(), Evr::parse(b).unwrap());
+            assert_eq!(ea.rpm_cmp(&eb), ord(want), "{a} vs {b}");
+            assert_eq!(eb.rpm_cmp(&ea), ord(-want), "{b} vs {a}");
+            assert_eq!(ea.newer_than(&eb), want > 0, "{a} newer than {b}");
+        }
+        assert_eq!(Evr::parse("2:1.0-1.el9"), Some(Evr::new(2, "1.0", "1.el9")));
+        assert_eq!(Evr::parse("1.0-1-2"), Some(Evr::new(0, "1.0-1", "2")));
+        for bad in ["1.0", "-1", "1.0-", "x:1.0-1", ":1.0-1", "1:-1", ""] {
+            assert_eq!(Evr::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Evr::new(0, "1.0", "1").to_string(), "1.0-1");
+        assert_eq!(Evr::new(3, "1.0", "1.el9").to_string(), "3:1.0-1.el9");
+        // equality is of the text; rpm ordering may still say equal
+        let (a, b) = (Evr::new(0, "1.0", "1"), Evr::new(0, "1.00", "1"));
+        assert_ne!(a, b);
+        assert_eq!(a.rpm_cmp(&b), Ordering::Equal);
+        assert_eq!(
+            serde_json::to_string(&Evr::new(1, "2.0", "3")).unwrap(),
+            r#"{"epoch":1,"version":"2.0","release":"3"}"#
+        );
     }
 
     // ----- mirrorlist -----
