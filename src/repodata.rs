@@ -2963,6 +2963,582 @@ mod tests {
         );
     }
 
+    // ----- primary.xml with name, arch, EVR -----
+
+    fn primary_full(data: &[u8], c: Compression) -> Result<Vec<PrimaryPackage>, RepodataError> {
+        let mut out = Vec::new();
+        let n = parse_primary_packages(data, c, |p| out.push(p))?;
+        assert_eq!(n, out.len());
+        Ok(out)
+    }
+
+    #[test]
+    fn primary_packages_real_fixtures() {
+        for (file, c) in [
+            ("primary.xml", Compression::None),
+            (PRIMARY_GZ, Compression::Gzip),
+            ("primary.xml.xz", Compression::Xz),
+            ("primary.xml.bz2", Compression::Bzip2),
+            ("primary.xml.zst", Compression::Zstd),
+        ] {
+            let got = primary_full(&fixture(file), c).unwrap();
+            let names: Vec<(&str, &str, String)> = got
+                .iter()
+                .map(|p| (p.name.as_str(), p.arch.as_str(), p.evr.to_string()))
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    ("lm-alpha", "noarch", "1.0-1".to_owned()),
+                    ("lm-beta", "noarch", "1.0-1".to_owned())
+                ],
+                "{file}"
+            );
+            // the same files, checksums and sizes as parse_primary
+            let plain: Vec<PackageEntry> = got
+                .iter()
+                .map(|p| PackageEntry {
+                    href: p.href.clone(),
+                    checksum: p.checksum.clone(),
+                    size: p.size,
+                })
+                .collect();
+            assert_eq!(plain, expected_packages(), "{file}");
+        }
+        // the updateinfo fixture's primary: two versions each, one x86_64 package
+        let md = parse_repomd(&ui_fixture("repodata/repomd.xml")).unwrap();
+        let rec = md.records.iter().find(|r| r.kind == "primary").unwrap();
+        let got = primary_full(&ui_fixture(&rec.href), Compression::from_href(&rec.href)).unwrap();
+        let nevras: Vec<String> = got
+            .iter()
+            .map(|p| format!("{}-{}.{}", p.name, p.evr, p.arch))
+            .collect();
+        assert_eq!(
+            nevras,
+            [
+                "lm-alpha-1.0-1.noarch",
+                "lm-alpha-1.1-1.noarch",
+                "lm-beta-1.0-1.noarch",
+                "lm-beta-1.0-2.noarch",
+                "lm-gamma-2.0-1.x86_64",
+                "lm-gamma-2.0-2.x86_64",
+            ]
+        );
+        assert_eq!(got[5].href, "Packages/lm-gamma-2.0-2.x86_64.rpm");
+        assert_eq!(got[5].size, 6174);
+        assert_eq!(
+            got[5].checksum,
+            sha256("514163d571dc7e99b28c7f886c8a7b29c7a7de1bda9a693e3a495191c32a9ebf")
+        );
+    }
+
+    #[test]
+    fn primary_packages_fields() {
+        let good_version = r#"<version epoch="3" ver="1.2~rc1" rel="4.el9"/>"#;
+        let body =
+            format!("<arch> x86_64 </arch>{good_version}{GOOD_CHECKSUM}{GOOD_SIZE}{GOOD_LOCATION}");
+        let got = primary_full(one_package(&body).as_bytes(), Compression::None).unwrap();
+        assert_eq!(got[0].name, "foo");
+        assert_eq!(got[0].arch, "x86_64");
+        assert_eq!(got[0].evr, Evr::new(3, "1.2~rc1", "4.el9"));
+        // epoch absent or empty: 0
+        for v in [
+            r#"<version ver="1" rel="2"/>"#,
+            r#"<version epoch="" ver="1" rel="2"/>"#,
+        ] {
+            let body = format!("<arch>noarch</arch>{v}{GOOD_CHECKSUM}{GOOD_SIZE}{GOOD_LOCATION}");
+            let got = primary_full(one_package(&body).as_bytes(), Compression::None).unwrap();
+            assert_eq!(got[0].evr, Evr::new(0, "1", "2"), "{v}");
+        }
+        // What parse_primary_packages refuses, parse_primary still accepts (compatibility).
+        let long = "x".repeat(MAX_FIELD_TEXT + 1);
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{good_version}"), "<arch>"),
+            ("<arch>noarch</arch>".to_owned(), "<version>"),
+            (format!("<arch></arch>{good_version}"), "<arch>"),
+            (
+                r#"<arch>noarch</arch><version epoch="x" ver="1" rel="1"/>"#.to_owned(),
+                "<version epoch>",
+            ),
+            (
+                r#"<arch>noarch</arch><version epoch="-1" ver="1" rel="1"/>"#.to_owned(),
+                "<version epoch>",
+            ),
+            (
+                r#"<arch>noarch</arch><version epoch="0" rel="1"/>"#.to_owned(),
+                "<version ver>",
+            ),
+            (
+                r#"<arch>noarch</arch><version epoch="0" ver="1" rel=" "/>"#.to_owned(),
+                "<version rel>",
+            ),
+            (
+                format!("<arch>noarch</arch>{good_version}{good_version}"),
+                "<version>",
+            ),
+            (
+                format!("<arch>noarch</arch><arch>noarch</arch>{good_version}"),
+                "<arch>",
+            ),
+            (format!("<arch>{long}</arch>{good_version}"), "<arch>"),
+            (
+                format!(r#"<arch>noarch</arch><version ver="{long}" rel="1"/>"#),
+                "<version>",
+            ),
+        ];
+        for (nevra, field) in cases {
+            let xml = one_package(&format!("{nevra}{GOOD_CHECKSUM}{GOOD_SIZE}{GOOD_LOCATION}"));
+            let e = primary_full(xml.as_bytes(), Compression::None).unwrap_err();
+            let got_field = match &e {
+                RepodataError::Missing { field, context }
+                | RepodataError::Invalid { field, context, .. } => {
+                    assert!(context.contains("foo"), "{e}");
+                    *field
+                }
+                other => panic!("{nevra}: {other}"),
+            };
+            assert_eq!(got_field, field, "{nevra}: {e}");
+            assert_eq!(primary_str(&xml).unwrap(), expected_foo(), "{nevra}");
+        }
+        // the usual package errors come through too
+        let xml = one_package(&format!(
+            "<arch>noarch</arch>{good_version}{GOOD_CHECKSUM}{GOOD_SIZE}"
+        ));
+        assert!(matches!(
+            primary_full(xml.as_bytes(), Compression::None),
+            Err(RepodataError::Missing {
+                field: "<location href>",
+                ..
+            })
+        ));
+    }
+
+    fn expected_foo() -> Vec<PackageEntry> {
+        vec![PackageEntry {
+            href: "Packages/foo.rpm".into(),
+            checksum: sha256(ALPHA_SHA256),
+            size: 6118,
+        }]
+    }
+
+    // ----- updateinfo.xml -----
+
+    fn ui_fixture(name: &str) -> Vec<u8> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/updateinfo");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    fn updateinfo(data: &[u8], c: Compression) -> Result<Vec<Advisory>, RepodataError> {
+        let mut out = Vec::new();
+        let n = parse_updateinfo(data, c, |a| out.push(a))?;
+        assert_eq!(n, out.len());
+        Ok(out)
+    }
+
+    fn updateinfo_str(xml: &str) -> Result<Vec<Advisory>, RepodataError> {
+        updateinfo(xml.as_bytes(), Compression::None)
+    }
+
+    fn pkg(name: &str, arch: &str, evr: &str) -> AdvisoryPackage {
+        AdvisoryPackage {
+            name: name.into(),
+            arch: arch.into(),
+            evr: Evr::parse(evr).unwrap(),
+        }
+    }
+
+    /// What tests/data/updateinfo/updateinfo.xml says (see its README).
+    fn expected_advisories() -> Vec<Advisory> {
+        vec![
+            Advisory {
+                id: "LMSA-2026:0001".into(),
+                kind: AdvisoryKind::Security,
+                severity: Severity::Important,
+                title: "Important: lm-alpha security update".into(),
+                issued: Some("2026-03-01 10:00:00".into()),
+                updated: Some("2026-03-02 10:00:00".into()),
+                cves: vec!["CVE-2026-1111".into(), "CVE-2026-2222".into()],
+                packages: vec![
+                    pkg("lm-alpha", "noarch", "0:1.1-1"),
+                    pkg("lm-alpha", "src", "0:1.1-1"),
+                ],
+            },
+            Advisory {
+                id: "LMBA-2026:0002".into(),
+                kind: AdvisoryKind::Bugfix,
+                severity: Severity::Unknown,
+                title: "lm-beta bug fix update".into(),
+                issued: Some("2026-03-02 11:30:00".into()),
+                updated: Some("2026-03-03 11:30:00".into()),
+                cves: vec![],
+                packages: vec![pkg("lm-beta", "noarch", "1.0-2")],
+            },
+            Advisory {
+                id: "LMSA-2026:0003".into(),
+                kind: AdvisoryKind::Security,
+                severity: Severity::Critical,
+                title: "Critical: lm-gamma security update".into(),
+                issued: Some("2026-03-03 09:15:00".into()),
+                updated: Some("2026-03-04 09:15:00".into()),
+                cves: vec!["CVE-2026-3333".into()],
+                packages: vec![
+                    pkg("lm-gamma", "x86_64", "2.0-2"),
+                    pkg("lm-gamma", "i686", "2.0-2"),
+                ],
+            },
+            Advisory {
+                id: "LMEA-2026:0004".into(),
+                kind: AdvisoryKind::Enhancement,
+                severity: Severity::Low,
+                title: "lm-delta enhancement update".into(),
+                issued: Some("2026-03-04 08:00:00".into()),
+                updated: Some("2026-03-05 08:00:00".into()),
+                cves: vec![],
+                packages: vec![pkg("lm-delta", "x86_64", "1:3.0-1")],
+            },
+        ]
+    }
+
+    #[test]
+    fn updateinfo_real_all_compressions() {
+        // repomd.xml (modifyrepo_c) names the gz file; its size and name match
+        let md = parse_repomd(&ui_fixture("repodata/repomd.xml")).unwrap();
+        let rec = md.records.iter().find(|r| r.kind == "updateinfo").unwrap();
+        let gz = ui_fixture(&rec.href);
+        assert_eq!(rec.size, Some(gz.len() as u64));
+        assert!(rec.href.ends_with("-updateinfo.xml.gz"), "{}", rec.href);
+        assert_eq!(Compression::from_href(&rec.href), Compression::Gzip);
+        let want = expected_advisories();
+        assert_eq!(updateinfo(&gz, Compression::Gzip).unwrap(), want);
+        for (file, c) in [
+            ("updateinfo.xml", Compression::None),
+            ("updateinfo.xml.xz", Compression::Xz),
+            ("updateinfo.xml.bz2", Compression::Bzip2),
+            ("updateinfo.xml.zst", Compression::Zstd),
+        ] {
+            assert_eq!(Compression::from_href(file), c);
+            assert_eq!(updateinfo(&ui_fixture(file), c).unwrap(), want, "{file}");
+        }
+        // serialisable as plain data
+        let json = serde_json::to_value(&want[0]).unwrap();
+        assert_eq!(json["kind"], "security");
+        assert_eq!(json["severity"], "important");
+        assert_eq!(json["packages"][0]["evr"]["version"], "1.1");
+        assert_eq!(
+            serde_json::to_value(&want[1]).unwrap()["severity"],
+            "unknown"
+        );
+    }
+
+    /// An `<updates>` document around `body`.
+    fn updates(body: &str) -> String {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<updates>\n{body}\n</updates>\n")
+    }
+
+    const UI_PKG: &str = r#"<pkglist><collection short="c"><name>c</name><package name="p" version="1" release="1" epoch="0" arch="x86_64" src="p.src.rpm"><filename>p-1-1.x86_64.rpm</filename></package></collection></pkglist>"#;
+
+    #[test]
+    fn updateinfo_variants() {
+        // severity as an attribute, as an element (which wins), or absent; odd type names
+        let xml = updates(&format!(
+            r#"<update type="SECURITY" severity="moderate"><id> A-1 </id>{UI_PKG}</update>
+<update type="security" severity="Low"><id>A-2</id><severity>Critical</severity></update>
+<update type="newpackage"><id>A-3</id><severity></severity></update>
+<update type="vendor-thing"><id>A-4</id><severity>None</severity></update>
+<update><id>A-5</id></update>"#
+        ));
+        let got = updateinfo_str(&xml).unwrap();
+        let summary: Vec<(&str, AdvisoryKind, Severity)> = got
+            .iter()
+            .map(|a| (a.id.as_str(), a.kind.clone(), a.severity))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("A-1", AdvisoryKind::Security, Severity::Moderate),
+                ("A-2", AdvisoryKind::Security, Severity::Critical),
+                ("A-3", AdvisoryKind::NewPackage, Severity::Unknown),
+                (
+                    "A-4",
+                    AdvisoryKind::Other("vendor-thing".into()),
+                    Severity::Unknown
+                ),
+                ("A-5", AdvisoryKind::Other(String::new()), Severity::Unknown),
+            ]
+        );
+        assert_eq!(got[0].packages, [pkg("p", "x86_64", "1-1")]);
+        assert_eq!(got[0].title, "");
+        assert_eq!(got[0].issued, None);
+        assert_eq!(AdvisoryKind::Other("x".into()).as_str(), "x");
+
+        // references: only type cve (any case) with an id, deduplicated, in order;
+        // epoch missing; several collections; <module>; foreign and misplaced elements
+        let xml = updates(
+            r#"<update type="security" xmlns:x="urn:x">
+  <id>A-6</id><title>  T &amp; U  </title><issued date=""/><updated/>
+  <x:severity>Critical</x:severity>
+  <reference type="cve" id="CVE-0-misplaced"/>
+  <references>
+    <reference type="CVE" id="CVE-1"/><reference type="cve" id=" CVE-2 "/>
+    <reference type="cve" id="CVE-1"/><reference type="cve"/><reference type="bugzilla" id="9"/>
+    <reference type="cve" id=""/><x:reference type="cve" id="CVE-x"/>
+    <other><reference type="cve" id="CVE-nested"/></other>
+  </references>
+  <pkglist>
+    <package name="stray" version="1" release="1" arch="noarch"/>
+    <collection short="a"><module name="m" stream="1" version="1" context="c" arch="x86_64"/>
+      <package name="a" version="1" release="1" arch="noarch"/>
+      <x:package name="foreign" version="1" release="1" arch="noarch"/>
+    </collection>
+    <collection short="b"><package name="b" version="2" release="3" epoch="7" arch="i686"><sum type="sha256">00</sum></package></collection>
+  </pkglist>
+</update>"#,
+        );
+        let got = updateinfo_str(&xml).unwrap();
+        let a = &got[0];
+        assert_eq!(a.title, "T & U");
+        assert_eq!(a.issued, None);
+        assert_eq!(a.updated, None);
+        assert_eq!(a.severity, Severity::Unknown);
+        assert_eq!(a.cves, ["CVE-1", "CVE-2"]);
+        assert_eq!(
+            a.packages,
+            [pkg("a", "noarch", "0:1-1"), pkg("b", "i686", "7:2-3")]
+        );
+        // an empty document and empty elements
+        assert_eq!(updateinfo_str("<updates/>").unwrap(), []);
+        let got = updateinfo_str(&updates(
+            r#"<update type="bugfix"><id>B</id><references/><pkglist/><title/></update>"#,
+        ))
+        .unwrap();
+        assert!(got[0].packages.is_empty() && got[0].cves.is_empty());
+    }
+
+    #[test]
+    fn updateinfo_errors() {
+        let field_of = |xml: &str| -> &'static str {
+            match updateinfo_str(xml) {
+                Err(RepodataError::Missing { field, .. })
+                | Err(RepodataError::Invalid { field, .. }) => field,
+                other => panic!("{xml}: {other:?}"),
+            }
+        };
+        let one = |body: &str| updates(&format!(r#"<update type="security">{body}</update>"#));
+        assert_eq!(field_of(&one(UI_PKG)), "<id>");
+        assert_eq!(field_of(&one("<id>  </id>")), "<id>");
+        assert_eq!(field_of(&updates("<update/>")), "<id>");
+        assert_eq!(field_of(&one("<id>a</id><id>b</id>")), "<id>");
+        assert_eq!(field_of(&one("<id>a</id><title/><title/>")), "<title>");
+        assert_eq!(
+            field_of(&one("<id>a</id><severity/><severity/>")),
+            "<severity>"
+        );
+        assert_eq!(
+            field_of(&one(r#"<id>a</id><issued date="1"/><issued date="2"/>"#)),
+            "<issued>"
+        );
+        let pkg_case = |attrs: &str| {
+            one(&format!(
+                r#"<id>a</id><pkglist><collection><package {attrs}/></collection></pkglist>"#
+            ))
+        };
+        for (attrs, want) in [
+            (r#"version="1" release="1" arch="x""#, "<package name>"),
+            (
+                r#"name="" version="1" release="1" arch="x""#,
+                "<package name>",
+            ),
+            (r#"name="n" version="1" release="1""#, "<package arch>"),
+            (r#"name="n" release="1" arch="x""#, "<package version>"),
+            (r#"name="n" version="1" arch="x""#, "<package release>"),
+            (
+                r#"name="n" version="1" release="1" arch="x" epoch="one""#,
+                "<package epoch>",
+            ),
+        ] {
+            let xml = pkg_case(attrs);
+            assert_eq!(field_of(&xml), want, "{attrs}");
+            let e = updateinfo_str(&xml).unwrap_err().to_string();
+            assert!(e.contains("advisory #1 (a) <package> #1"), "{e}");
+        }
+        // not an updateinfo document
+        for bad in [
+            "",
+            "<updates>",
+            "<updates><update><id>a</id></update>",
+            "<metadata xmlns=\"http://linux.duke.edu/metadata/common\"/>",
+            "<x:updates xmlns:x=\"urn:x\"/>",
+            "<html><body>404</body></html>",
+            "<updates/><updates/>",
+            "<updates><update><id>a</id></updates>",
+            "<updates><update><id>a&bogus;</id></update></updates>",
+        ] {
+            assert!(updateinfo_str(bad).is_err(), "{bad:?}");
+        }
+        // truncated compressed stream
+        let gz = ui_fixture("updateinfo.xml.xz");
+        let r = updateinfo(&gz[..gz.len() - 20], Compression::Xz);
+        assert!(
+            matches!(
+                r,
+                Err(RepodataError::Decompress(_)) | Err(RepodataError::Xml { .. })
+            ),
+            "{r:?}"
+        );
+        // the wrong decompressor
+        assert!(updateinfo(&ui_fixture("updateinfo.xml.zst"), Compression::Gzip).is_err());
+    }
+
+    #[test]
+    fn updateinfo_bounds() {
+        // huge attribute values are refused, not kept
+        let huge = "n".repeat(500_000);
+        let xml = updates(&format!(
+            r#"<update type="security"><id>a</id><pkglist><collection><package name="{huge}" version="1" release="1" arch="x"/></collection></pkglist></update>"#
+        ));
+        let e = updateinfo_str(&xml).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RepodataError::Invalid {
+                    field: "<package name>",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let xml = updates(&format!(r#"<update type="{huge}"><id>a</id></update>"#));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid {
+                field: "<update type>",
+                ..
+            })
+        ));
+        let xml = updates(&format!(
+            r#"<update><id>a</id><references><reference type="cve" id="{huge}"/></references></update>"#
+        ));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid {
+                field: "<reference id>",
+                ..
+            })
+        ));
+        // attributes that are not kept may be long (within the token limit)
+        let xml = updates(&format!(
+            r#"<update from="{huge}"><id>a</id><references><reference type="cve" id="C" title="{huge}"/></references></update>"#
+        ));
+        assert_eq!(updateinfo_str(&xml).unwrap()[0].cves, ["C"]);
+        // a kept text longer than the field limit is an error, a skipped one is not
+        let long = "t".repeat(MAX_FIELD_TEXT + 1);
+        let xml = updates(&format!("<update><id>a</id><title>{long}</title></update>"));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid {
+                field: "<title>",
+                ..
+            })
+        ));
+        let xml = updates(&format!("<update><id>{long}</id></update>"));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid { field: "<id>", .. })
+        ));
+        let xml = updates(&format!(
+            "<update><id>a</id><description>{huge}</description></update>"
+        ));
+        assert_eq!(updateinfo_str(&xml).unwrap().len(), 1);
+        // one token over the limit
+        let giant = "d".repeat(usize::try_from(MAX_XML_TOKEN_BYTES).unwrap() + 10);
+        let xml = updates(&format!(
+            "<update><id>a</id><description>{giant}</description></update>"
+        ));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::TooLarge { .. })
+        ));
+        // one advisory keeping more than MAX_ADVISORY_BYTES
+        let one_pkg = format!(
+            r#"<package name="{}" version="1" release="1" arch="x86_64"/>"#,
+            "p".repeat(4000)
+        );
+        let many = one_pkg.repeat(1200);
+        let xml = updates(&format!(
+            "<update><id>a</id><pkglist><collection>{many}</collection></pkglist></update>"
+        ));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::TooLarge {
+                what: "one advisory's kept fields",
+                ..
+            })
+        ),);
+        // ...while the same packages spread over advisories are fine
+        let spread = format!(
+            "<update><id>a</id><pkglist><collection>{}</collection></pkglist></update>",
+            one_pkg.repeat(600)
+        )
+        .repeat(3);
+        let got = updateinfo_str(&updates(&spread)).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2].packages.len(), 600);
+    }
+
+    #[test]
+    fn updateinfo_streams_many_advisories() {
+        let mut xml = String::from("<updates>");
+        for i in 0..5_000 {
+            xml.push_str(&format!(
+                r#"<update type="bugfix"><id>X-{i}</id><pkglist><collection><package name="p{i}" version="1" release="{i}" arch="noarch"/></collection></pkglist></update>"#
+            ));
+        }
+        xml.push_str("</updates>");
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        io::Write::write_all(&mut enc, xml.as_bytes()).unwrap();
+        let zst = enc.finish().unwrap();
+        let mut last = None;
+        let n = parse_updateinfo(&zst[..], Compression::Zstd, |a| last = Some(a)).unwrap();
+        assert_eq!(n, 5_000);
+        assert_eq!(last.unwrap().packages, [pkg("p4999", "noarch", "1-4999")]);
+    }
+
+    #[test]
+    fn updateinfo_never_panics_on_cuts_and_mutations() {
+        let plain = ui_fixture("updateinfo.xml");
+        let last_gt = plain.iter().rposition(|&b| b == b'>').unwrap();
+        for cut in 0..=last_gt {
+            assert!(
+                updateinfo(&plain[..cut], Compression::None).is_err(),
+                "cut {cut}"
+            );
+        }
+        for (data, c) in [
+            (ui_fixture("updateinfo.xml.zst"), Compression::Zstd),
+            (ui_fixture("updateinfo.xml.bz2"), Compression::Bzip2),
+        ] {
+            for cut in (0..data.len()).step_by(5) {
+                assert!(updateinfo(&data[..cut], c).is_err(), "cut {cut}");
+            }
+        }
+        for i in 0..plain.len() {
+            // one of a few bytes at each position (cheaper than all of them everywhere)
+            for b in [[b'<', b'"', 0, b'>', b'&', b'x'][i % 6]] {
+                let mut m = plain.clone();
+                m[i] = b;
+                let _ = updateinfo(&m, Compression::None);
+            }
+        }
+        let gz = ui_fixture(
+            "repodata/cbd9de7495ea9d8d60717198bed798dc64b5262eb84f6682d37c1b23204a4b7b-updateinfo.xml.gz",
+        );
+        for i in 0..gz.len() {
+            let mut m = gz.clone();
+            m[i] ^= 0xff;
+            let _ = updateinfo(&m, Compression::Gzip);
+        }
+    }
+
     // ----- mirrorlist -----
 
     #[test]
