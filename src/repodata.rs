@@ -1641,10 +1641,13 @@ struct AdvisoryState {
 
 impl AdvisoryState {
     fn context(&self) -> String {
-        match self.id.as_ref().map(|t| t.text.trim()) {
-            Some(id) if !id.is_empty() && !self.id.as_ref().is_some_and(|t| t.overflow) => {
-                format!("advisory #{} ({id})", self.index)
-            }
+        match self
+            .id
+            .as_ref()
+            .filter(|t| !t.overflow)
+            .map(|t| t.text.trim())
+        {
+            Some(id) if !id.is_empty() => format!("advisory #{} ({id})", self.index),
             _ => format!("advisory #{}", self.index),
         }
     }
