@@ -14,6 +14,7 @@ pub mod http;
 pub mod node;
 pub mod paths;
 pub mod peer;
+pub mod prefetch;
 pub mod range;
 pub mod repodata;
 pub mod respond;

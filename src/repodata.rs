@@ -1,10 +1,13 @@
-//! Parsers for RPM repository metadata: `repomd.xml`, `primary.xml[.gz|.xz|.bz2|.zst]`
-//! and plain-text mirrorlists.
+//! Parsers for RPM repository metadata: `repomd.xml`, `primary.xml[.gz|.xz|.bz2|.zst]`,
+//! `updateinfo.xml` (same compressions) and plain-text mirrorlists; and rpm's version
+//! comparison ([`rpmvercmp`], [`Evr::rpm_cmp`]).
 //!
-//! The cache needs three facts from a repository: which metadata files exist
+//! The cache needs these facts from a repository: which metadata files exist
 //! (with their checksums and sizes, from `repomd.xml`), which package files exist
-//! (with their checksums and sizes, from `primary.xml`), and which mirrors to ask
-//! (from a mirrorlist). This module extracts exactly those facts and nothing more.
+//! (with their checksums and sizes, from `primary.xml`; with name, arch and version
+//! for prefetch planning, [`parse_primary_packages`]), which advisories name which
+//! package versions (from `updateinfo.xml`, [`parse_updateinfo`]), and which mirrors
+//! to ask (from a mirrorlist). This module extracts exactly those facts and nothing more.
 //!
 //! What this module deliberately does **not** do:
 //!
@@ -12,17 +15,21 @@
 //!   caller-supplied [`Read`]er, so everything here is pure and fuzzable.
 //! * No checksum *computation*: [`Checksum`] only carries the expected digest.
 //!   Verifying downloaded bytes against it is the caller's job.
-//! * No zchunk (`.zck`) decoding, no `filelists`/`other`/`updateinfo`/comps
-//!   parsing, no dependency data: only location, checksum and size are read.
+//! * No zchunk (`.zck`) decoding, no `filelists`/`other`/comps parsing, no dependency
+//!   data; from `updateinfo.xml` only ids, type, severity, title, dates, CVE ids and
+//!   package NEVRAs (no descriptions, no module data, no per-package file names).
+//! * No deciding what to fetch: prefetch policy lives in `prefetch`.
 //! * No resolution of `xml:base` on `<location>`: the `href` is reported as
 //!   written (relative to the repository root), the base is ignored.
 //!
 //! Safety properties: hrefs are validated (no absolute paths or URLs, no `..`,
 //! no NUL, backslash or control characters), every required field is checked and
 //! reported by name, decompression and XML errors are errors (never a silent
-//! partial result), and memory stays bounded while streaming `primary.xml`: a
-//! single XML token is limited to [`MAX_XML_TOKEN_BYTES`].
+//! partial result), and memory stays bounded while streaming `primary.xml` and
+//! `updateinfo.xml`: a single XML token is limited to [`MAX_XML_TOKEN_BYTES`], a kept
+//! value to 4096 bytes, one advisory to [`MAX_ADVISORY_BYTES`].
 
+use std::cmp::Ordering;
 use std::io::{self, BufRead, BufReader, Read};
 
 pub use crate::checksum::{Checksum, ChecksumAlgo};
@@ -172,6 +179,312 @@ pub struct PackageEntry {
     pub checksum: Checksum,
     /// `<size package=…>`: the package file's size in bytes.
     pub size: u64,
+}
+
+/// One `<package>` of `primary.xml` with its identity: what [`parse_primary_packages`]
+/// yields ([`PackageEntry`] plus name, arch and EVR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryPackage {
+    /// `<name>`, e.g. `bash`.
+    pub name: String,
+    /// `<arch>`, e.g. `x86_64`, `noarch`, `i686`.
+    pub arch: String,
+    /// `<version epoch ver rel>`.
+    pub evr: Evr,
+    /// `<location href>`, relative to the repository root. Validated by [`validate_href`].
+    pub href: String,
+    /// The package file's `<checksum>`.
+    pub checksum: Checksum,
+    /// `<size package=…>`: the package file's size in bytes.
+    pub size: u64,
+}
+
+/// An RPM epoch, version and release.
+///
+/// Equality is of the fields as written (`1.0` and `1.00` differ); ordering as RPM sees
+/// it is [`Evr::rpm_cmp`] (under which `1.0` and `1.00` are equal), so this type has no
+/// `Ord`. Serialised as `{"epoch":0,"version":"1.0","release":"1.el9"}`; displayed as
+/// `1.0-1.el9`, or `2:1.0-1.el9` when the epoch is not 0.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Evr {
+    /// The epoch; a missing epoch is 0.
+    pub epoch: u64,
+    /// The version, e.g. `1.2.3~rc1`.
+    pub version: String,
+    /// The release, e.g. `1.el9_4`.
+    pub release: String,
+}
+
+impl Evr {
+    /// An EVR from its parts.
+    pub fn new(epoch: u64, version: impl Into<String>, release: impl Into<String>) -> Self {
+        Evr {
+            epoch,
+            version: version.into(),
+            release: release.into(),
+        }
+    }
+
+    /// Parses `[epoch:]version-release` (the release is what follows the last `-`).
+    /// `None` when there is no `-`, an empty version or release, or a non-numeric epoch.
+    pub fn parse(s: &str) -> Option<Evr> {
+        let (ev, release) = s.rsplit_once('-')?;
+        let (epoch, version) = match ev.split_once(':') {
+            Some((e, v)) => (parse_u64(e)?, v),
+            None => (0, ev),
+        };
+        if version.is_empty() || release.is_empty() {
+            return None;
+        }
+        Some(Evr::new(epoch, version, release))
+    }
+
+    /// Compares two EVRs as rpm does (`rpmverCmp`): epochs as numbers, then versions,
+    /// then releases, each with [`rpmvercmp`].
+    pub fn rpm_cmp(&self, other: &Evr) -> Ordering {
+        self.epoch
+            .cmp(&other.epoch)
+            .then_with(|| rpmvercmp(&self.version, &other.version))
+            .then_with(|| rpmvercmp(&self.release, &other.release))
+    }
+
+    /// Whether `self` is newer than `other` by [`Evr::rpm_cmp`].
+    pub fn newer_than(&self, other: &Evr) -> bool {
+        self.rpm_cmp(other) == Ordering::Greater
+    }
+}
+
+impl std::fmt::Display for Evr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.epoch != 0 {
+            write!(f, "{}:", self.epoch)?;
+        }
+        write!(f, "{}-{}", self.version, self.release)
+    }
+}
+
+/// rpm's version-segment comparison (`rpmvercmp` in rpm's `lib/rpmvercmp.c`), for one
+/// version or one release string.
+///
+/// Both strings are cut into segments of ASCII digits or ASCII letters; every other byte
+/// (`.`, `_`, `+`, non-ASCII…) only separates segments. Segments are compared in turn:
+/// two numeric segments as numbers (leading zeros ignored, any length), two alphabetic
+/// ones bytewise (`A` < `a`), and a numeric segment is newer than an alphabetic one. `~`
+/// sorts before anything, even the end of the string (`1.0~rc1` < `1.0`); `^` sorts after
+/// the end of the string but before any further segment (`1.0` < `1.0^git1` < `1.0.1`).
+/// When all segments compare equal, the string with segments left over is newer;
+/// separators alone do not count (`1.0` = `1_0` = `1.0.`).
+///
+/// Hand-written rather than taken from a crate: `librpm` and `rpmvercmp` bind rpm's C
+/// library (which a node need not have), and the pure-Rust `rpm-version` would add a
+/// dependency and its own EVR type for some eighty lines; what matters is matching rpm
+/// exactly, which the test table (rpm's own `rpmvercmp.at` plus our cases, every row
+/// checked against rpm 4.18's C `rpmvercmp`) pins down.
+pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
+    if a == b {
+        return Ordering::Equal;
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let is_sep = |c: u8| !c.is_ascii_alphanumeric() && c != b'~' && c != b'^';
+    let (mut i, mut j) = (0usize, 0usize);
+    while i < a.len() || j < b.len() {
+        while a.get(i).is_some_and(|&c| is_sep(c)) {
+            i += 1;
+        }
+        while b.get(j).is_some_and(|&c| is_sep(c)) {
+            j += 1;
+        }
+        let (ca, cb) = (a.get(i).copied(), b.get(j).copied());
+        // `~` sorts before everything else, the end of the string included.
+        if ca == Some(b'~') || cb == Some(b'~') {
+            if ca != Some(b'~') {
+                return Ordering::Greater;
+            }
+            if cb != Some(b'~') {
+                return Ordering::Less;
+            }
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // `^` sorts after the end of the string, before anything else.
+        if ca == Some(b'^') || cb == Some(b'^') {
+            if ca.is_none() {
+                return Ordering::Less;
+            }
+            if cb.is_none() {
+                return Ordering::Greater;
+            }
+            if ca != Some(b'^') {
+                return Ordering::Greater;
+            }
+            if cb != Some(b'^') {
+                return Ordering::Less;
+            }
+            i += 1;
+            j += 1;
+            continue;
+        }
+        let (Some(first), Some(_)) = (ca, cb) else {
+            break;
+        };
+        let numeric = first.is_ascii_digit();
+        let in_segment = |c: u8| {
+            if numeric {
+                c.is_ascii_digit()
+            } else {
+                c.is_ascii_alphabetic()
+            }
+        };
+        let end_a = i + a[i..].iter().take_while(|&&c| in_segment(c)).count();
+        let end_b = j + b[j..].iter().take_while(|&&c| in_segment(c)).count();
+        // `a`'s segment is never empty (its first byte is alphanumeric); an empty one
+        // in `b` means the segments are of different kinds: numeric is newer.
+        if end_b == j {
+            return if numeric {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            };
+        }
+        let (mut sa, mut sb) = (&a[i..end_a], &b[j..end_b]);
+        if numeric {
+            while let [b'0', rest @ ..] = sa {
+                sa = rest;
+            }
+            while let [b'0', rest @ ..] = sb {
+                sb = rest;
+            }
+            match sa.len().cmp(&sb.len()) {
+                Ordering::Equal => {}
+                longer => return longer,
+            }
+        }
+        match sa.cmp(sb) {
+            Ordering::Equal => {}
+            other => return other,
+        }
+        i = end_a;
+        j = end_b;
+    }
+    match (i >= a.len(), j >= b.len()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        _ => Ordering::Greater,
+    }
+}
+
+/// One `<update>` of `updateinfo.xml`: an advisory (erratum), as far as prefetch
+/// planning and the status page need it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Advisory {
+    /// `<id>`, e.g. `ALSA-2024:1234` or `FEDORA-2024-abcdef`.
+    pub id: String,
+    /// The `type` attribute.
+    pub kind: AdvisoryKind,
+    /// `<severity>` (or a `severity` attribute of `<update>`); [`Severity::Unknown`]
+    /// when absent or not one of the four known words.
+    pub severity: Severity,
+    /// `<title>`, trimmed; empty when absent.
+    pub title: String,
+    /// `<issued date>` as written (createrepo_c: `2024-05-01 12:00:00`), if present.
+    pub issued: Option<String>,
+    /// `<updated date>` as written, if present.
+    pub updated: Option<String>,
+    /// The `id` of every `<reference type="cve">`, in document order, without duplicates.
+    pub cves: Vec<String>,
+    /// Every `<package>` of every `<collection>` of `<pkglist>`, in document order,
+    /// source packages (`arch="src"`) included.
+    pub packages: Vec<AdvisoryPackage>,
+}
+
+/// One `<package name arch epoch version release>` of an advisory's `<pkglist>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct AdvisoryPackage {
+    /// The `name` attribute.
+    pub name: String,
+    /// The `arch` attribute (`src` for source packages).
+    pub arch: String,
+    /// `epoch` (0 when absent), `version` and `release`.
+    pub evr: Evr,
+}
+
+/// An advisory's `type`. Serialised as the lowercase word (`"security"`…, or the
+/// unknown type as written).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AdvisoryKind {
+    /// `security`.
+    Security,
+    /// `bugfix`.
+    Bugfix,
+    /// `enhancement`.
+    Enhancement,
+    /// `newpackage`.
+    NewPackage,
+    /// Anything else, as written (trimmed); empty when the attribute is absent.
+    Other(String),
+}
+
+impl AdvisoryKind {
+    /// Parses a `type` attribute, case-insensitively.
+    pub fn from_name(s: &str) -> AdvisoryKind {
+        let t = s.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "security" => AdvisoryKind::Security,
+            "bugfix" => AdvisoryKind::Bugfix,
+            "enhancement" => AdvisoryKind::Enhancement,
+            "newpackage" => AdvisoryKind::NewPackage,
+            _ => AdvisoryKind::Other(t.to_owned()),
+        }
+    }
+
+    /// The lowercase word, or the unknown type as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AdvisoryKind::Security => "security",
+            AdvisoryKind::Bugfix => "bugfix",
+            AdvisoryKind::Enhancement => "enhancement",
+            AdvisoryKind::NewPackage => "newpackage",
+            AdvisoryKind::Other(s) => s,
+        }
+    }
+}
+
+impl serde::Serialize for AdvisoryKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// An advisory's severity, most urgent first: the derived order puts `Critical`
+/// before `Important` before `Moderate` before `Low` before `Unknown`. Serialised as
+/// the lowercase word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// `Critical`.
+    Critical,
+    /// `Important`.
+    Important,
+    /// `Moderate`.
+    Moderate,
+    /// `Low`.
+    Low,
+    /// Absent, empty, `None` or any other word.
+    Unknown,
+}
+
+impl Severity {
+    /// Parses a severity word, case-insensitively; anything unknown is `Unknown`.
+    pub fn from_name(s: &str) -> Severity {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "critical" => Severity::Critical,
+            "important" => Severity::Important,
+            "moderate" => Severity::Moderate,
+            "low" => Severity::Low,
+            _ => Severity::Unknown,
+        }
+    }
 }
 
 /// Checks that an href is a plain relative path inside the repository.
@@ -530,6 +843,26 @@ fn attr(
     }
 }
 
+/// [`attr`] for a value that is kept: longer than [`MAX_FIELD_TEXT`] bytes as written
+/// is an error naming `field`, so a huge attribute never becomes a huge string.
+fn attr_bounded(
+    elem: &Elem,
+    name: &str,
+    field: &'static str,
+    context: &dyn Fn() -> String,
+) -> Result<Option<String>, RepodataError> {
+    if let Ok(Some(a)) = elem.start.try_get_attribute(name) {
+        if a.value.len() > MAX_FIELD_TEXT {
+            return Err(RepodataError::Invalid {
+                field,
+                context: context(),
+                reason: format!("attribute {name} longer than {MAX_FIELD_TEXT} bytes"),
+            });
+        }
+    }
+    attr(elem, name, context)
+}
+
 /// Parses a strictly decimal `u64` (no sign, no spaces inside).
 fn parse_u64(s: &str) -> Option<u64> {
     let s = s.trim();
@@ -800,6 +1133,7 @@ fn rec_context(index: usize, kind: &str) -> String {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PrimaryText {
     Name,
+    Arch,
     Checksum,
 }
 
@@ -808,6 +1142,13 @@ struct PackageState {
     index: usize,
     name: TextBuf,
     name_seen: bool,
+    arch: TextBuf,
+    arch_seen: bool,
+    /// `<version epoch ver rel>` attributes; only read by [`parse_primary_packages`].
+    version: Option<(Option<String>, Option<String>, Option<String>)>,
+    /// The first problem with `<arch>`/`<version>`, reported only by
+    /// [`parse_primary_packages`] so that [`parse_primary`] keeps its old behaviour.
+    nevra_error: Option<RepodataError>,
     checksum_type: Option<String>,
     checksum: Option<TextBuf>,
     size: Option<u64>,
@@ -848,6 +1189,91 @@ impl PackageState {
             size,
         })
     }
+
+    /// [`PackageState::finish`] plus name, arch and EVR, all required.
+    fn finish_full(mut self) -> Result<PrimaryPackage, RepodataError> {
+        let context = self.context();
+        if let Some(e) = self.nevra_error.take() {
+            return Err(e);
+        }
+        let name = required_text(&self.name, "<name>", &context)?;
+        let arch = required_text(&self.arch, "<arch>", &context)?;
+        let Some((epoch, ver, rel)) = self.version.take() else {
+            return Err(RepodataError::Missing {
+                field: "<version>",
+                context,
+            });
+        };
+        let evr = evr_from(epoch, ver, rel, "<version", &context)?;
+        let entry = self.finish()?;
+        Ok(PrimaryPackage {
+            name,
+            arch,
+            evr,
+            href: entry.href,
+            checksum: entry.checksum,
+            size: entry.size,
+        })
+    }
+}
+
+/// The trimmed text of a required text element: present, not empty, not over the limit.
+fn required_text(
+    text: &TextBuf,
+    field: &'static str,
+    context: &str,
+) -> Result<String, RepodataError> {
+    if text.overflow {
+        return Err(RepodataError::Invalid {
+            field,
+            context: context.to_owned(),
+            reason: format!("longer than {MAX_FIELD_TEXT} bytes"),
+        });
+    }
+    let t = text.text.trim();
+    if t.is_empty() {
+        return Err(RepodataError::Missing {
+            field,
+            context: context.to_owned(),
+        });
+    }
+    Ok(t.to_owned())
+}
+
+/// Builds an [`Evr`] from `epoch`/`ver`/`rel` attribute values (`prefix` is the element,
+/// e.g. `"<version"`, for messages). A missing or empty epoch is 0; version and release
+/// are required and may not be empty.
+fn evr_from(
+    epoch: Option<String>,
+    ver: Option<String>,
+    rel: Option<String>,
+    prefix: &'static str,
+    context: &str,
+) -> Result<Evr, RepodataError> {
+    let (f_epoch, f_ver, f_rel) = match prefix {
+        "<version" => ("<version epoch>", "<version ver>", "<version rel>"),
+        _ => ("<package epoch>", "<package version>", "<package release>"),
+    };
+    let epoch = match epoch.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(e) => parse_u64(e).ok_or_else(|| RepodataError::Invalid {
+            field: f_epoch,
+            context: context.to_owned(),
+            reason: format!("not a decimal number: {e:?}"),
+        })?,
+    };
+    let nonempty = |v: Option<String>, field: &'static str| match v {
+        Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        _ => Err(RepodataError::Missing {
+            field,
+            context: context.to_owned(),
+        }),
+    };
+    Ok(Evr {
+        epoch,
+        version: nonempty(ver, f_ver)?,
+        release: nonempty(rel, f_rel)?,
+    })
 }
 
 /// Streams `primary.xml` (compressed as given) from `reader` and calls
@@ -857,6 +1283,7 @@ impl PackageState {
 /// (`http://linux.duke.edu/metadata/common`) are read: `<checksum type=…>`,
 /// `<size package=…>` and `<location href=…>` are required, `<name>` is used in
 /// error messages. Everything under `<format>` (the `rpm:` elements) is skipped.
+/// [`parse_primary_packages`] also reads name, arch and EVR.
 ///
 /// A `<location>` with an `xml:base` attribute is still reported with its
 /// `href` alone: the base is ignored, so such packages look like they live
@@ -871,6 +1298,36 @@ pub fn parse_primary<R: Read>(
     reader: R,
     compression: Compression,
     mut on_package: impl FnMut(PackageEntry),
+) -> Result<usize, RepodataError> {
+    primary_loop(reader, compression, false, |state| {
+        on_package(state.finish()?);
+        Ok(())
+    })
+}
+
+/// [`parse_primary`] that also reads each package's `<name>`, `<arch>` and
+/// `<version epoch ver rel>` (all required here, epoch defaulting to 0), for code
+/// that reasons about versions (prefetch planning). Same streaming, limits and
+/// error behaviour; a `<package>` without those fields is an error here while
+/// [`parse_primary`] accepts it.
+pub fn parse_primary_packages<R: Read>(
+    reader: R,
+    compression: Compression,
+    mut on_package: impl FnMut(PrimaryPackage),
+) -> Result<usize, RepodataError> {
+    primary_loop(reader, compression, true, |state| {
+        on_package(state.finish_full()?);
+        Ok(())
+    })
+}
+
+/// The `primary.xml` event loop shared by [`parse_primary`] and
+/// [`parse_primary_packages`]; `nevra` says whether arch and version are collected.
+fn primary_loop<R: Read>(
+    reader: R,
+    compression: Compression,
+    nevra: bool,
+    mut on_state: impl FnMut(PackageState) -> Result<(), RepodataError>,
 ) -> Result<usize, RepodataError> {
     let decoder = Decoder::new(reader, compression)?;
     let mut pump = Pump::new(BufReader::with_capacity(READ_BUF, decoder));
@@ -894,7 +1351,7 @@ pub fn parse_primary<R: Read>(
                     ..PackageState::default()
                 };
                 if empty {
-                    on_package(state.finish()?);
+                    on_state(state)?;
                     count += 1;
                 } else {
                     pkg = Some(state);
@@ -909,6 +1366,31 @@ pub fn parse_primary<R: Read>(
                     p.name_seen = true;
                     if !empty {
                         collecting = Some(PrimaryText::Name);
+                    }
+                } else if nevra && e.is("arch") {
+                    if p.arch_seen && p.nevra_error.is_none() {
+                        p.nevra_error = Some(duplicate("<arch>", p.context()));
+                    }
+                    p.arch_seen = true;
+                    if !empty {
+                        collecting = Some(PrimaryText::Arch);
+                    }
+                } else if nevra && e.is("version") {
+                    let ctx = || p.context();
+                    let read = |name| attr_bounded(&e, name, "<version>", &ctx);
+                    let attrs = read("epoch").and_then(|ep| Ok((ep, read("ver")?, read("rel")?)));
+                    match attrs {
+                        Ok(_) if p.version.is_some() => {
+                            if p.nevra_error.is_none() {
+                                p.nevra_error = Some(duplicate("<version>", p.context()));
+                            }
+                        }
+                        Ok(v) => p.version = Some(v),
+                        Err(err) => {
+                            if p.nevra_error.is_none() {
+                                p.nevra_error = Some(err);
+                            }
+                        }
                     }
                 } else if e.is("checksum") {
                     if p.checksum.is_some() {
@@ -951,6 +1433,7 @@ pub fn parse_primary<R: Read>(
                 if let Some(p) = pkg.as_mut() {
                     match collecting {
                         Some(PrimaryText::Name) => p.name.push(&t),
+                        Some(PrimaryText::Arch) => p.arch.push(&t),
                         Some(PrimaryText::Checksum) => {
                             if let Some(c) = p.checksum.as_mut() {
                                 c.push(&t);
@@ -966,9 +1449,326 @@ pub fn parse_primary<R: Read>(
                 }
                 if depth == 2 {
                     if let Some(p) = pkg.take() {
-                        on_package(p.finish()?);
+                        on_state(p)?;
                         count += 1;
                     }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(count)
+}
+
+// ---------------------------------------------------------------------------
+// updateinfo.xml
+// ---------------------------------------------------------------------------
+
+/// Most memory one advisory may keep (ids, CVE ids, package names and versions, and the
+/// structs that hold them), in bytes. Real advisories keep a few KiB; a kernel erratum
+/// listing hundreds of packages stays far below this.
+pub const MAX_ADVISORY_BYTES: u64 = 4 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpdateText {
+    Id,
+    Title,
+    Severity,
+}
+
+/// Where inside `<update>` the pump is, for the elements that matter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UpdatePart {
+    Elsewhere,
+    References,
+    Pkglist,
+    Collection,
+}
+
+#[derive(Default)]
+struct AdvisoryState {
+    index: usize,
+    kind: Option<String>,
+    severity_attr: Option<String>,
+    id: Option<TextBuf>,
+    title: Option<TextBuf>,
+    severity: Option<TextBuf>,
+    issued: Option<String>,
+    issued_seen: bool,
+    updated: Option<String>,
+    updated_seen: bool,
+    cves: Vec<String>,
+    packages: Vec<AdvisoryPackage>,
+    kept: u64,
+}
+
+impl AdvisoryState {
+    fn context(&self) -> String {
+        match self
+            .id
+            .as_ref()
+            .filter(|t| !t.overflow)
+            .map(|t| t.text.trim())
+        {
+            Some(id) if !id.is_empty() => format!("advisory #{} ({id})", self.index),
+            _ => format!("advisory #{}", self.index),
+        }
+    }
+
+    /// Counts `bytes` against [`MAX_ADVISORY_BYTES`].
+    fn keep(&mut self, bytes: usize) -> Result<(), RepodataError> {
+        self.kept = self
+            .kept
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if self.kept > MAX_ADVISORY_BYTES {
+            return Err(RepodataError::TooLarge {
+                what: "one advisory's kept fields",
+                limit: MAX_ADVISORY_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Advisory, RepodataError> {
+        let context = self.context();
+        let id = match &self.id {
+            Some(t) => required_text(t, "<id>", &context)?,
+            None => {
+                return Err(RepodataError::Missing {
+                    field: "<id>",
+                    context,
+                });
+            }
+        };
+        let title = match &self.title {
+            Some(t) if t.overflow => {
+                return Err(RepodataError::Invalid {
+                    field: "<title>",
+                    context,
+                    reason: format!("longer than {MAX_FIELD_TEXT} bytes"),
+                });
+            }
+            Some(t) => t.text.trim().to_owned(),
+            None => String::new(),
+        };
+        let severity = match (&self.severity, &self.severity_attr) {
+            (Some(t), _) if !t.overflow => Severity::from_name(&t.text),
+            (Some(_), _) => Severity::Unknown,
+            (None, Some(a)) => Severity::from_name(a),
+            (None, None) => Severity::Unknown,
+        };
+        Ok(Advisory {
+            id,
+            kind: AdvisoryKind::from_name(self.kind.as_deref().unwrap_or("")),
+            severity,
+            title,
+            issued: self.issued,
+            updated: self.updated,
+            cves: self.cves,
+            packages: self.packages,
+        })
+    }
+}
+
+/// Streams `updateinfo.xml` (compressed as given) from `reader` and calls `on_advisory`
+/// once per `<update>`, in document order. Returns the count.
+///
+/// Reads the format createrepo_c and modifyrepo_c write:
+///
+/// ```xml
+/// <updates>
+///   <update from="…" status="final" type="security" version="2">
+///     <id>ALSA-2024:1234</id>  <title>Important: openssl security update</title>
+///     <issued date="2024-05-01 00:00:00"/>  <updated date="…"/>  <severity>Important</severity>
+///     <references><reference href="…" id="CVE-2024-0001" type="cve" title="…"/></references>
+///     <pkglist><collection short="…"><name>…</name>
+///       <package name="openssl" version="3.0.7" release="27.el9" epoch="1" arch="x86_64" src="…">
+///         <filename>…</filename><sum type="sha256">…</sum></package>
+///     </collection></pkglist>
+///   </update>
+/// </updates>
+/// ```
+///
+/// `<id>` is required and not empty; each `<package>` needs `name`, `arch`, `version`
+/// and `release` (a missing or empty `epoch` is 0). `type`, `<severity>` (the element,
+/// or else a `severity` attribute of `<update>`), `<title>`, `<issued>` and `<updated>`
+/// may be absent. Descriptions, solutions, rights, `<module>` and `<filename>`/`<sum>`
+/// are skipped. Elements in a namespace (any prefix bound to a URI) are ignored.
+///
+/// Memory is bounded like [`parse_primary`]'s (one XML token at most
+/// [`MAX_XML_TOKEN_BYTES`]), kept values are at most 4096 bytes each (longer is an
+/// error, never truncated), and one advisory keeps at most [`MAX_ADVISORY_BYTES`].
+/// Advisories already passed to `on_advisory` stay passed when a later error is
+/// returned; treat an `Err` as "this updateinfo.xml is unusable".
+pub fn parse_updateinfo<R: Read>(
+    reader: R,
+    compression: Compression,
+    mut on_advisory: impl FnMut(Advisory),
+) -> Result<usize, RepodataError> {
+    let decoder = Decoder::new(reader, compression)?;
+    let mut pump = Pump::new(BufReader::with_capacity(READ_BUF, decoder));
+    let mut count = 0usize;
+    let mut adv: Option<AdvisoryState> = None;
+    let mut collecting: Option<UpdateText> = None;
+    let mut part = UpdatePart::Elsewhere;
+    let mut index = 0usize;
+
+    // Namespace "": only elements in no namespace are the document's own.
+    while let Some((ev, elem)) = pump.next("")? {
+        match (ev, elem) {
+            (Ev::Open { depth: 1, .. }, Some(e)) if !e.is("updates") => {
+                return Err(pump.xml_error(format!(
+                    "root element is <{}>, expected <updates>",
+                    e.start.name().as_ref()
+                )));
+            }
+            (Ev::Open { depth: 2, empty }, Some(e)) if e.is("update") => {
+                index += 1;
+                let i = index;
+                let ctx = || format!("advisory #{i}");
+                let mut state = AdvisoryState {
+                    index,
+                    kind: attr_bounded(&e, "type", "<update type>", &ctx)?,
+                    severity_attr: attr_bounded(&e, "severity", "<update severity>", &ctx)?,
+                    ..AdvisoryState::default()
+                };
+                state.keep(std::mem::size_of::<Advisory>())?;
+                if empty {
+                    on_advisory(state.finish()?);
+                    count += 1;
+                } else {
+                    adv = Some(state);
+                    part = UpdatePart::Elsewhere;
+                }
+            }
+            (Ev::Open { depth: 3, empty }, Some(e)) => {
+                let Some(a) = adv.as_mut() else { continue };
+                let slot = if e.is("id") {
+                    Some((&mut a.id, "<id>", UpdateText::Id))
+                } else if e.is("title") {
+                    Some((&mut a.title, "<title>", UpdateText::Title))
+                } else if e.is("severity") {
+                    Some((&mut a.severity, "<severity>", UpdateText::Severity))
+                } else {
+                    None
+                };
+                if let Some((slot, field, which)) = slot {
+                    if slot.is_some() {
+                        return Err(duplicate(field, a.context()));
+                    }
+                    *slot = Some(TextBuf::default());
+                    collecting = (!empty).then_some(which);
+                } else if e.is("issued") || e.is("updated") {
+                    let issued = e.is("issued");
+                    let (field, seen) = if issued {
+                        ("<issued>", a.issued_seen)
+                    } else {
+                        ("<updated>", a.updated_seen)
+                    };
+                    if seen {
+                        return Err(duplicate(field, a.context()));
+                    }
+                    let ctx = || a.context();
+                    let date = attr_bounded(&e, "date", field, &ctx)?
+                        .map(|d| d.trim().to_owned())
+                        .filter(|d| !d.is_empty());
+                    a.keep(date.as_ref().map_or(0, String::len))?;
+                    if issued {
+                        a.issued_seen = true;
+                        a.issued = date;
+                    } else {
+                        a.updated_seen = true;
+                        a.updated = date;
+                    }
+                } else if e.is("references") && !empty {
+                    part = UpdatePart::References;
+                } else if e.is("pkglist") && !empty {
+                    part = UpdatePart::Pkglist;
+                }
+            }
+            (Ev::Open { depth: 4, empty }, Some(e)) => {
+                let Some(a) = adv.as_mut() else { continue };
+                if part == UpdatePart::References && e.is("reference") {
+                    let ctx = || a.context();
+                    let kind = attr_bounded(&e, "type", "<reference type>", &ctx)?;
+                    if !kind.is_some_and(|k| k.trim().eq_ignore_ascii_case("cve")) {
+                        continue;
+                    }
+                    let Some(id) = attr_bounded(&e, "id", "<reference id>", &ctx)? else {
+                        continue;
+                    };
+                    let id = id.trim();
+                    if !id.is_empty() && !a.cves.iter().any(|c| c == id) {
+                        a.keep(id.len() + std::mem::size_of::<String>())?;
+                        a.cves.push(id.to_owned());
+                    }
+                } else if part == UpdatePart::Pkglist && e.is("collection") && !empty {
+                    part = UpdatePart::Collection;
+                }
+            }
+            (Ev::Open { depth: 5, .. }, Some(e)) => {
+                let Some(a) = adv.as_mut() else { continue };
+                if part != UpdatePart::Collection || !e.is("package") {
+                    continue;
+                }
+                let n = a.packages.len() + 1;
+                let ctx = || format!("{} <package> #{n}", a.context());
+                let read = |name, field| attr_bounded(&e, name, field, &ctx);
+                let name = read("name", "<package name>")?;
+                let arch = read("arch", "<package arch>")?;
+                let epoch = read("epoch", "<package epoch>")?;
+                let version = read("version", "<package version>")?;
+                let release = read("release", "<package release>")?;
+                let nonempty = |v: Option<String>, field| match v {
+                    Some(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+                    _ => Err(RepodataError::Missing {
+                        field,
+                        context: ctx(),
+                    }),
+                };
+                let name = nonempty(name, "<package name>")?;
+                let arch = nonempty(arch, "<package arch>")?;
+                let evr = evr_from(epoch, version, release, "<package", &ctx())?;
+                let bytes = std::mem::size_of::<AdvisoryPackage>()
+                    + name.len()
+                    + arch.len()
+                    + evr.version.len()
+                    + evr.release.len();
+                a.keep(bytes)?;
+                a.packages.push(AdvisoryPackage { name, arch, evr });
+            }
+            (Ev::Text { depth: 3, text: t }, _) => {
+                let Some(a) = adv.as_mut() else { continue };
+                let slot = match collecting {
+                    Some(UpdateText::Id) => a.id.as_mut(),
+                    Some(UpdateText::Title) => a.title.as_mut(),
+                    Some(UpdateText::Severity) => a.severity.as_mut(),
+                    None => None,
+                };
+                if let Some(buf) = slot {
+                    buf.push(&t);
+                }
+            }
+            (Ev::Close { depth }, _) => {
+                if depth <= 3 {
+                    collecting = None;
+                }
+                match depth {
+                    2 => {
+                        if let Some(mut a) = adv.take() {
+                            let texts = [&a.id, &a.title, &a.severity]
+                                .iter()
+                                .map(|t| t.as_ref().map_or(0, |t| t.text.len()))
+                                .sum();
+                            a.keep(texts)?;
+                            on_advisory(a.finish()?);
+                            count += 1;
+                        }
+                        part = UpdatePart::Elsewhere;
+                    }
+                    3 => part = UpdatePart::Elsewhere,
+                    4 if part == UpdatePart::Collection => part = UpdatePart::Pkglist,
+                    _ => {}
                 }
             }
             _ => {}
@@ -1805,6 +2605,801 @@ mod tests {
             let _ = parse_repomd(&bytes);
             let _ = primary(&bytes, Compression::None);
             let _ = parse_mirrorlist(&bytes);
+        }
+    }
+
+    // ----- rpmvercmp / Evr -----
+
+    /// rpm's own table (`tests/rpmvercmp.at`, including the "oddities" it documents as
+    /// current behaviour) plus cases of our own. Every row was checked against rpm 4.18's
+    /// C function (`rpmvercmp` in librpmio.so.9, called through Python's ctypes).
+    const VERCMP: &[(&str, &str, i8)] = &[
+        ("1.0", "1.0", 0),
+        ("1.0", "2.0", -1),
+        ("2.0", "1.0", 1),
+        ("2.0.1", "2.0.1", 0),
+        ("2.0", "2.0.1", -1),
+        ("2.0.1", "2.0", 1),
+        ("2.0.1a", "2.0.1a", 0),
+        ("2.0.1a", "2.0.1", 1),
+        ("2.0.1", "2.0.1a", -1),
+        ("5.5p1", "5.5p1", 0),
+        ("5.5p1", "5.5p2", -1),
+        ("5.5p2", "5.5p1", 1),
+        ("5.5p10", "5.5p10", 0),
+        ("5.5p1", "5.5p10", -1),
+        ("5.5p10", "5.5p1", 1),
+        ("10xyz", "10.1xyz", -1),
+        ("10.1xyz", "10xyz", 1),
+        ("xyz10", "xyz10", 0),
+        ("xyz10", "xyz10.1", -1),
+        ("xyz10.1", "xyz10", 1),
+        ("xyz.4", "xyz.4", 0),
+        ("xyz.4", "8", -1),
+        ("8", "xyz.4", 1),
+        ("xyz.4", "2", -1),
+        ("2", "xyz.4", 1),
+        ("5.5p2", "5.6p1", -1),
+        ("5.6p1", "5.5p2", 1),
+        ("5.6p1", "6.5p1", -1),
+        ("6.5p1", "5.6p1", 1),
+        ("6.0.rc1", "6.0", 1),
+        ("6.0", "6.0.rc1", -1),
+        ("10b2", "10a1", 1),
+        ("10a2", "10b2", -1),
+        ("1.0aa", "1.0aa", 0),
+        ("1.0a", "1.0aa", -1),
+        ("1.0aa", "1.0a", 1),
+        ("10.0001", "10.0001", 0),
+        ("10.0001", "10.1", 0),
+        ("10.1", "10.0001", 0),
+        ("10.0001", "10.0039", -1),
+        ("10.0039", "10.0001", 1),
+        ("4.999.9", "5.0", -1),
+        ("5.0", "4.999.9", 1),
+        ("20101121", "20101121", 0),
+        ("20101121", "20101122", -1),
+        ("20101122", "20101121", 1),
+        ("2_0", "2_0", 0),
+        ("2.0", "2_0", 0),
+        ("2_0", "2.0", 0),
+        ("a", "a", 0),
+        ("a+", "a+", 0),
+        ("a+", "a_", 0),
+        ("a_", "a+", 0),
+        ("+a", "+a", 0),
+        ("+a", "_a", 0),
+        ("_a", "+a", 0),
+        ("+_", "+_", 0),
+        ("_+", "+_", 0),
+        ("_+", "_+", 0),
+        ("+", "_", 0),
+        ("_", "+", 0),
+        ("1.0~rc1", "1.0~rc1", 0),
+        ("1.0~rc1", "1.0", -1),
+        ("1.0", "1.0~rc1", 1),
+        ("1.0~rc1", "1.0~rc2", -1),
+        ("1.0~rc2", "1.0~rc1", 1),
+        ("1.0~rc1~git123", "1.0~rc1~git123", 0),
+        ("1.0~rc1~git123", "1.0~rc1", -1),
+        ("1.0~rc1", "1.0~rc1~git123", 1),
+        ("1.0^", "1.0^", 0),
+        ("1.0^", "1.0", 1),
+        ("1.0", "1.0^", -1),
+        ("1.0^git1", "1.0^git1", 0),
+        ("1.0^git1", "1.0", 1),
+        ("1.0", "1.0^git1", -1),
+        ("1.0^git1", "1.0^git2", -1),
+        ("1.0^git2", "1.0^git1", 1),
+        ("1.0^git1", "1.01", -1),
+        ("1.01", "1.0^git1", 1),
+        ("1.0^20160101", "1.0^20160101", 0),
+        ("1.0^20160101", "1.0.1", -1),
+        ("1.0.1", "1.0^20160101", 1),
+        ("1.0^20160101^git1", "1.0^20160101^git1", 0),
+        ("1.0^20160102", "1.0^20160101^git1", 1),
+        ("1.0^20160101^git1", "1.0^20160102", -1),
+        ("1.0~rc1^git1", "1.0~rc1^git1", 0),
+        ("1.0~rc1^git1", "1.0~rc1", 1),
+        ("1.0~rc1", "1.0~rc1^git1", -1),
+        ("1.0^git1~pre", "1.0^git1~pre", 0),
+        ("1.0^git1", "1.0^git1~pre", 1),
+        ("1.0^git1~pre", "1.0^git1", -1),
+        // rpm's documented oddities
+        ("1b.fc17", "1b.fc17", 0),
+        ("1b.fc17", "1.fc17", -1),
+        ("1.fc17", "1b.fc17", 1),
+        ("1g.fc17", "1g.fc17", 0),
+        ("1g.fc17", "1.fc17", 1),
+        ("1.fc17", "1g.fc17", -1),
+        ("1.1.α", "1.1.α", 0),
+        ("1.1.α", "1.1.β", 0),
+        ("1.1.β", "1.1.α", 0),
+        ("1.1.αα", "1.1.α", 0),
+        ("1.1.α", "1.1.ββ", 0),
+        ("1.1.ββ", "1.1.αα", 0),
+        // our own
+        ("1.0a", "1.0.1", -1),
+        ("1.0.1", "1.0a", 1),
+        ("1.0", "1.0.1", -1),
+        ("1.0", "1.0.", 0),
+        ("1.0.", "1.0", 0),
+        ("", "", 0),
+        ("", "1", -1),
+        ("1", "", 1),
+        ("", "a", -1),
+        ("~", "", -1),
+        ("", "~", 1),
+        ("^", "", 1),
+        ("", "^", -1),
+        ("~", "^", -1),
+        ("01", "1", 0),
+        ("000", "0", 0),
+        ("1.a", "1.A", 1),
+        ("1.Z", "1.a", -1),
+        (
+            "123456789012345678901234567890",
+            "123456789012345678901234567891",
+            -1,
+        ),
+        ("99999999999999999999999", "100000000000000000000000", -1),
+        ("el9_4", "el9_10", -1),
+        ("1.el9", "1.el9_2", -1),
+        ("27.el9_4.1", "27.el9_4", 1),
+        ("2.fc30", "2.fc30.1", -1),
+        ("1.0~~", "1.0~", -1),
+        ("1.0~", "1.0", -1),
+        ("1.0^^", "1.0^", 1),
+        ("a1", "1a", -1),
+        ("1.0-1", "1.0-1", 0),
+        ("1.0\u{0}", "1.0", 0),
+    ];
+
+    fn ord(v: i8) -> Ordering {
+        v.cmp(&0)
+    }
+
+    #[test]
+    fn rpmvercmp_table() {
+        for &(a, b, want) in VERCMP {
+            assert_eq!(rpmvercmp(a, b), ord(want), "rpmvercmp({a:?}, {b:?})");
+            // antisymmetric
+            assert_eq!(rpmvercmp(b, a), ord(-want), "rpmvercmp({b:?}, {a:?})");
+        }
+    }
+
+    #[test]
+    fn rpmvercmp_never_panics() {
+        let alphabet = [
+            "", "0", "1", "9", "a", "Z", ".", "_", "~", "^", "é", "00", "+",
+        ];
+        for x in alphabet {
+            for y in alphabet {
+                for z in alphabet {
+                    let a = format!("{x}{y}{z}");
+                    for w in alphabet {
+                        let b = format!("{z}{w}{x}");
+                        let r = rpmvercmp(&a, &b);
+                        assert_eq!(rpmvercmp(&b, &a), r.reverse(), "{a:?} {b:?}");
+                    }
+                    assert_eq!(rpmvercmp(&a, &a), Ordering::Equal);
+                }
+            }
+        }
+    }
+
+    /// (a, b, rpm's `labelCompare(a, b)`), checked against rpm 4.18's Python binding.
+    const EVRCMP: &[(&str, &str, i8)] = &[
+        ("2:1.0-1", "1:9.9-1", 1),
+        ("1:9.9-1", "2:1.0-1", -1),
+        ("0:1.0-1", "1.0-1", 0),
+        ("1.0-1", "1.0-2", -1),
+        ("1.0-10", "1.0-9", 1),
+        ("1.0-1.el9", "1.0-1.el9_1", -1),
+        ("1:1.0~rc1-1", "1:1.0-1", -1),
+        ("1.0.1-1", "1.0-99", 1),
+        ("1.0-1", "1.0a-1", -1),
+        ("10:0.1-1", "9:99-99", 1),
+        ("3.0.7-27.el9", "3.0.7-27.el9_4.1", -1),
+        ("1.0^git1-1", "1.0-1", 1),
+    ];
+
+    #[test]
+    fn evr_compare_and_parse() {
+        for &(a, b, want) in EVRCMP {
+            let (ea, eb) = (Evr::parse(a).unwrap(), Evr::parse(b).unwrap());
+            assert_eq!(ea.rpm_cmp(&eb), ord(want), "{a} vs {b}");
+            assert_eq!(eb.rpm_cmp(&ea), ord(-want), "{b} vs {a}");
+            assert_eq!(ea.newer_than(&eb), want > 0, "{a} newer than {b}");
+        }
+        assert_eq!(Evr::parse("2:1.0-1.el9"), Some(Evr::new(2, "1.0", "1.el9")));
+        assert_eq!(Evr::parse("1.0-1-2"), Some(Evr::new(0, "1.0-1", "2")));
+        for bad in ["1.0", "-1", "1.0-", "x:1.0-1", ":1.0-1", "1:-1", ""] {
+            assert_eq!(Evr::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Evr::new(0, "1.0", "1").to_string(), "1.0-1");
+        assert_eq!(Evr::new(3, "1.0", "1.el9").to_string(), "3:1.0-1.el9");
+        // equality is of the text; rpm ordering may still say equal
+        let (a, b) = (Evr::new(0, "1.0", "1"), Evr::new(0, "1.00", "1"));
+        assert_ne!(a, b);
+        assert_eq!(a.rpm_cmp(&b), Ordering::Equal);
+        assert_eq!(
+            serde_json::to_string(&Evr::new(1, "2.0", "3")).unwrap(),
+            r#"{"epoch":1,"version":"2.0","release":"3"}"#
+        );
+    }
+
+    // ----- primary.xml with name, arch, EVR -----
+
+    fn primary_full(data: &[u8], c: Compression) -> Result<Vec<PrimaryPackage>, RepodataError> {
+        let mut out = Vec::new();
+        let n = parse_primary_packages(data, c, |p| out.push(p))?;
+        assert_eq!(n, out.len());
+        Ok(out)
+    }
+
+    #[test]
+    fn primary_packages_real_fixtures() {
+        for (file, c) in [
+            ("primary.xml", Compression::None),
+            (PRIMARY_GZ, Compression::Gzip),
+            ("primary.xml.xz", Compression::Xz),
+            ("primary.xml.bz2", Compression::Bzip2),
+            ("primary.xml.zst", Compression::Zstd),
+        ] {
+            let got = primary_full(&fixture(file), c).unwrap();
+            let names: Vec<(&str, &str, String)> = got
+                .iter()
+                .map(|p| (p.name.as_str(), p.arch.as_str(), p.evr.to_string()))
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    ("lm-alpha", "noarch", "1.0-1".to_owned()),
+                    ("lm-beta", "noarch", "1.0-1".to_owned())
+                ],
+                "{file}"
+            );
+            // the same files, checksums and sizes as parse_primary
+            let plain: Vec<PackageEntry> = got
+                .iter()
+                .map(|p| PackageEntry {
+                    href: p.href.clone(),
+                    checksum: p.checksum.clone(),
+                    size: p.size,
+                })
+                .collect();
+            assert_eq!(plain, expected_packages(), "{file}");
+        }
+        // the updateinfo fixture's primary: two versions each, one x86_64 package
+        let md = parse_repomd(&ui_fixture("repodata/repomd.xml")).unwrap();
+        let rec = md.records.iter().find(|r| r.kind == "primary").unwrap();
+        let got = primary_full(&ui_fixture(&rec.href), Compression::from_href(&rec.href)).unwrap();
+        let nevras: Vec<String> = got
+            .iter()
+            .map(|p| format!("{}-{}.{}", p.name, p.evr, p.arch))
+            .collect();
+        assert_eq!(
+            nevras,
+            [
+                "lm-alpha-1.0-1.noarch",
+                "lm-alpha-1.1-1.noarch",
+                "lm-beta-1.0-1.noarch",
+                "lm-beta-1.0-2.noarch",
+                "lm-gamma-2.0-1.x86_64",
+                "lm-gamma-2.0-2.x86_64",
+            ]
+        );
+        assert_eq!(got[5].href, "Packages/lm-gamma-2.0-2.x86_64.rpm");
+        assert_eq!(got[5].size, 6174);
+        assert_eq!(
+            got[5].checksum,
+            sha256("514163d571dc7e99b28c7f886c8a7b29c7a7de1bda9a693e3a495191c32a9ebf")
+        );
+    }
+
+    #[test]
+    fn primary_packages_fields() {
+        let good_version = r#"<version epoch="3" ver="1.2~rc1" rel="4.el9"/>"#;
+        let body =
+            format!("<arch> x86_64 </arch>{good_version}{GOOD_CHECKSUM}{GOOD_SIZE}{GOOD_LOCATION}");
+        let got = primary_full(one_package(&body).as_bytes(), Compression::None).unwrap();
+        assert_eq!(got[0].name, "foo");
+        assert_eq!(got[0].arch, "x86_64");
+        assert_eq!(got[0].evr, Evr::new(3, "1.2~rc1", "4.el9"));
+        // epoch absent or empty: 0
+        for v in [
+            r#"<version ver="1" rel="2"/>"#,
+            r#"<version epoch="" ver="1" rel="2"/>"#,
+        ] {
+            let body = format!("<arch>noarch</arch>{v}{GOOD_CHECKSUM}{GOOD_SIZE}{GOOD_LOCATION}");
+            let got = primary_full(one_package(&body).as_bytes(), Compression::None).unwrap();
+            assert_eq!(got[0].evr, Evr::new(0, "1", "2"), "{v}");
+        }
+        // What parse_primary_packages refuses, parse_primary still accepts (compatibility).
+        let long = "x".repeat(MAX_FIELD_TEXT + 1);
+        let cases: Vec<(String, &str)> = vec![
+            (good_version.to_owned(), "<arch>"),
+            ("<arch>noarch</arch>".to_owned(), "<version>"),
+            (format!("<arch></arch>{good_version}"), "<arch>"),
+            (
+                r#"<arch>noarch</arch><version epoch="x" ver="1" rel="1"/>"#.to_owned(),
+                "<version epoch>",
+            ),
+            (
+                r#"<arch>noarch</arch><version epoch="-1" ver="1" rel="1"/>"#.to_owned(),
+                "<version epoch>",
+            ),
+            (
+                r#"<arch>noarch</arch><version epoch="0" rel="1"/>"#.to_owned(),
+                "<version ver>",
+            ),
+            (
+                r#"<arch>noarch</arch><version epoch="0" ver="1" rel=" "/>"#.to_owned(),
+                "<version rel>",
+            ),
+            (
+                format!("<arch>noarch</arch>{good_version}{good_version}"),
+                "<version>",
+            ),
+            (
+                format!("<arch>noarch</arch><arch>noarch</arch>{good_version}"),
+                "<arch>",
+            ),
+            (format!("<arch>{long}</arch>{good_version}"), "<arch>"),
+            (
+                format!(r#"<arch>noarch</arch><version ver="{long}" rel="1"/>"#),
+                "<version>",
+            ),
+        ];
+        for (nevra, field) in cases {
+            let xml = one_package(&format!("{nevra}{GOOD_CHECKSUM}{GOOD_SIZE}{GOOD_LOCATION}"));
+            let e = primary_full(xml.as_bytes(), Compression::None).unwrap_err();
+            let got_field = match &e {
+                RepodataError::Missing { field, context }
+                | RepodataError::Invalid { field, context, .. } => {
+                    assert!(context.contains("foo"), "{e}");
+                    *field
+                }
+                other => panic!("{nevra}: {other}"),
+            };
+            assert_eq!(got_field, field, "{nevra}: {e}");
+            assert_eq!(primary_str(&xml).unwrap(), expected_foo(), "{nevra}");
+        }
+        // the usual package errors come through too
+        let xml = one_package(&format!(
+            "<arch>noarch</arch>{good_version}{GOOD_CHECKSUM}{GOOD_SIZE}"
+        ));
+        assert!(matches!(
+            primary_full(xml.as_bytes(), Compression::None),
+            Err(RepodataError::Missing {
+                field: "<location href>",
+                ..
+            })
+        ));
+    }
+
+    fn expected_foo() -> Vec<PackageEntry> {
+        vec![PackageEntry {
+            href: "Packages/foo.rpm".into(),
+            checksum: sha256(ALPHA_SHA256),
+            size: 6118,
+        }]
+    }
+
+    // ----- updateinfo.xml -----
+
+    fn ui_fixture(name: &str) -> Vec<u8> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/updateinfo");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    fn updateinfo(data: &[u8], c: Compression) -> Result<Vec<Advisory>, RepodataError> {
+        let mut out = Vec::new();
+        let n = parse_updateinfo(data, c, |a| out.push(a))?;
+        assert_eq!(n, out.len());
+        Ok(out)
+    }
+
+    fn updateinfo_str(xml: &str) -> Result<Vec<Advisory>, RepodataError> {
+        updateinfo(xml.as_bytes(), Compression::None)
+    }
+
+    fn pkg(name: &str, arch: &str, evr: &str) -> AdvisoryPackage {
+        AdvisoryPackage {
+            name: name.into(),
+            arch: arch.into(),
+            evr: Evr::parse(evr).unwrap(),
+        }
+    }
+
+    /// What tests/data/updateinfo/updateinfo.xml says (see its README).
+    fn expected_advisories() -> Vec<Advisory> {
+        vec![
+            Advisory {
+                id: "LMSA-2026:0001".into(),
+                kind: AdvisoryKind::Security,
+                severity: Severity::Important,
+                title: "Important: lm-alpha security update".into(),
+                issued: Some("2026-03-01 10:00:00".into()),
+                updated: Some("2026-03-02 10:00:00".into()),
+                cves: vec!["CVE-2026-1111".into(), "CVE-2026-2222".into()],
+                packages: vec![
+                    pkg("lm-alpha", "noarch", "0:1.1-1"),
+                    pkg("lm-alpha", "src", "0:1.1-1"),
+                ],
+            },
+            Advisory {
+                id: "LMBA-2026:0002".into(),
+                kind: AdvisoryKind::Bugfix,
+                severity: Severity::Unknown,
+                title: "lm-beta bug fix update".into(),
+                issued: Some("2026-03-02 11:30:00".into()),
+                updated: Some("2026-03-03 11:30:00".into()),
+                cves: vec![],
+                packages: vec![pkg("lm-beta", "noarch", "1.0-2")],
+            },
+            Advisory {
+                id: "LMSA-2026:0003".into(),
+                kind: AdvisoryKind::Security,
+                severity: Severity::Critical,
+                title: "Critical: lm-gamma security update".into(),
+                issued: Some("2026-03-03 09:15:00".into()),
+                updated: Some("2026-03-04 09:15:00".into()),
+                cves: vec!["CVE-2026-3333".into()],
+                packages: vec![
+                    pkg("lm-gamma", "x86_64", "2.0-2"),
+                    pkg("lm-gamma", "i686", "2.0-2"),
+                ],
+            },
+            Advisory {
+                id: "LMEA-2026:0004".into(),
+                kind: AdvisoryKind::Enhancement,
+                severity: Severity::Low,
+                title: "lm-delta enhancement update".into(),
+                issued: Some("2026-03-04 08:00:00".into()),
+                updated: Some("2026-03-05 08:00:00".into()),
+                cves: vec![],
+                packages: vec![pkg("lm-delta", "x86_64", "1:3.0-1")],
+            },
+        ]
+    }
+
+    #[test]
+    fn updateinfo_real_all_compressions() {
+        // repomd.xml (modifyrepo_c) names the gz file; its size and name match
+        let md = parse_repomd(&ui_fixture("repodata/repomd.xml")).unwrap();
+        let rec = md.records.iter().find(|r| r.kind == "updateinfo").unwrap();
+        let gz = ui_fixture(&rec.href);
+        assert_eq!(rec.size, Some(gz.len() as u64));
+        assert!(rec.href.ends_with("-updateinfo.xml.gz"), "{}", rec.href);
+        assert_eq!(Compression::from_href(&rec.href), Compression::Gzip);
+        let want = expected_advisories();
+        assert_eq!(updateinfo(&gz, Compression::Gzip).unwrap(), want);
+        for (file, c) in [
+            ("updateinfo.xml", Compression::None),
+            ("updateinfo.xml.xz", Compression::Xz),
+            ("updateinfo.xml.bz2", Compression::Bzip2),
+            ("updateinfo.xml.zst", Compression::Zstd),
+        ] {
+            assert_eq!(Compression::from_href(file), c);
+            assert_eq!(updateinfo(&ui_fixture(file), c).unwrap(), want, "{file}");
+        }
+        // serialisable as plain data
+        let json = serde_json::to_value(&want[0]).unwrap();
+        assert_eq!(json["kind"], "security");
+        assert_eq!(json["severity"], "important");
+        assert_eq!(json["packages"][0]["evr"]["version"], "1.1");
+        assert_eq!(
+            serde_json::to_value(&want[1]).unwrap()["severity"],
+            "unknown"
+        );
+    }
+
+    /// An `<updates>` document around `body`.
+    fn updates(body: &str) -> String {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<updates>\n{body}\n</updates>\n")
+    }
+
+    const UI_PKG: &str = r#"<pkglist><collection short="c"><name>c</name><package name="p" version="1" release="1" epoch="0" arch="x86_64" src="p.src.rpm"><filename>p-1-1.x86_64.rpm</filename></package></collection></pkglist>"#;
+
+    #[test]
+    fn updateinfo_variants() {
+        // severity as an attribute, as an element (which wins), or absent; odd type names
+        let xml = updates(&format!(
+            r#"<update type="SECURITY" severity="moderate"><id> A-1 </id>{UI_PKG}</update>
+<update type="security" severity="Low"><id>A-2</id><severity>Critical</severity></update>
+<update type="newpackage"><id>A-3</id><severity></severity></update>
+<update type="vendor-thing"><id>A-4</id><severity>None</severity></update>
+<update><id>A-5</id></update>"#
+        ));
+        let got = updateinfo_str(&xml).unwrap();
+        let summary: Vec<(&str, AdvisoryKind, Severity)> = got
+            .iter()
+            .map(|a| (a.id.as_str(), a.kind.clone(), a.severity))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("A-1", AdvisoryKind::Security, Severity::Moderate),
+                ("A-2", AdvisoryKind::Security, Severity::Critical),
+                ("A-3", AdvisoryKind::NewPackage, Severity::Unknown),
+                (
+                    "A-4",
+                    AdvisoryKind::Other("vendor-thing".into()),
+                    Severity::Unknown
+                ),
+                ("A-5", AdvisoryKind::Other(String::new()), Severity::Unknown),
+            ]
+        );
+        assert_eq!(got[0].packages, [pkg("p", "x86_64", "1-1")]);
+        assert_eq!(got[0].title, "");
+        assert_eq!(got[0].issued, None);
+        assert_eq!(AdvisoryKind::Other("x".into()).as_str(), "x");
+
+        // references: only type cve (any case) with an id, deduplicated, in order;
+        // epoch missing; several collections; <module>; foreign and misplaced elements
+        let xml = updates(
+            r#"<update type="security" xmlns:x="urn:x">
+  <id>A-6</id><title>  T &amp; U  </title><issued date=""/><updated/>
+  <x:severity>Critical</x:severity>
+  <reference type="cve" id="CVE-0-misplaced"/>
+  <references>
+    <reference type="CVE" id="CVE-1"/><reference type="cve" id=" CVE-2 "/>
+    <reference type="cve" id="CVE-1"/><reference type="cve"/><reference type="bugzilla" id="9"/>
+    <reference type="cve" id=""/><x:reference type="cve" id="CVE-x"/>
+    <other><reference type="cve" id="CVE-nested"/></other>
+  </references>
+  <pkglist>
+    <package name="stray" version="1" release="1" arch="noarch"/>
+    <collection short="a"><module name="m" stream="1" version="1" context="c" arch="x86_64"/>
+      <package name="a" version="1" release="1" arch="noarch"/>
+      <x:package name="foreign" version="1" release="1" arch="noarch"/>
+    </collection>
+    <collection short="b"><package name="b" version="2" release="3" epoch="7" arch="i686"><sum type="sha256">00</sum></package></collection>
+  </pkglist>
+</update>"#,
+        );
+        let got = updateinfo_str(&xml).unwrap();
+        let a = &got[0];
+        assert_eq!(a.title, "T & U");
+        assert_eq!(a.issued, None);
+        assert_eq!(a.updated, None);
+        assert_eq!(a.severity, Severity::Unknown);
+        assert_eq!(a.cves, ["CVE-1", "CVE-2"]);
+        assert_eq!(
+            a.packages,
+            [pkg("a", "noarch", "0:1-1"), pkg("b", "i686", "7:2-3")]
+        );
+        // an empty document and empty elements
+        assert_eq!(updateinfo_str("<updates/>").unwrap(), []);
+        let got = updateinfo_str(&updates(
+            r#"<update type="bugfix"><id>B</id><references/><pkglist/><title/></update>"#,
+        ))
+        .unwrap();
+        assert!(got[0].packages.is_empty() && got[0].cves.is_empty());
+    }
+
+    #[test]
+    fn updateinfo_errors() {
+        let field_of = |xml: &str| -> &'static str {
+            match updateinfo_str(xml) {
+                Err(RepodataError::Missing { field, .. })
+                | Err(RepodataError::Invalid { field, .. }) => field,
+                other => panic!("{xml}: {other:?}"),
+            }
+        };
+        let one = |body: &str| updates(&format!(r#"<update type="security">{body}</update>"#));
+        assert_eq!(field_of(&one(UI_PKG)), "<id>");
+        assert_eq!(field_of(&one("<id>  </id>")), "<id>");
+        assert_eq!(field_of(&updates("<update/>")), "<id>");
+        assert_eq!(field_of(&one("<id>a</id><id>b</id>")), "<id>");
+        assert_eq!(field_of(&one("<id>a</id><title/><title/>")), "<title>");
+        assert_eq!(
+            field_of(&one("<id>a</id><severity/><severity/>")),
+            "<severity>"
+        );
+        assert_eq!(
+            field_of(&one(r#"<id>a</id><issued date="1"/><issued date="2"/>"#)),
+            "<issued>"
+        );
+        let pkg_case = |attrs: &str| {
+            one(&format!(
+                r#"<id>a</id><pkglist><collection><package {attrs}/></collection></pkglist>"#
+            ))
+        };
+        for (attrs, want) in [
+            (r#"version="1" release="1" arch="x""#, "<package name>"),
+            (
+                r#"name="" version="1" release="1" arch="x""#,
+                "<package name>",
+            ),
+            (r#"name="n" version="1" release="1""#, "<package arch>"),
+            (r#"name="n" release="1" arch="x""#, "<package version>"),
+            (r#"name="n" version="1" arch="x""#, "<package release>"),
+            (
+                r#"name="n" version="1" release="1" arch="x" epoch="one""#,
+                "<package epoch>",
+            ),
+        ] {
+            let xml = pkg_case(attrs);
+            assert_eq!(field_of(&xml), want, "{attrs}");
+            let e = updateinfo_str(&xml).unwrap_err().to_string();
+            assert!(e.contains("advisory #1 (a) <package> #1"), "{e}");
+        }
+        // not an updateinfo document
+        for bad in [
+            "",
+            "<updates>",
+            "<updates><update><id>a</id></update>",
+            "<metadata xmlns=\"http://linux.duke.edu/metadata/common\"/>",
+            "<x:updates xmlns:x=\"urn:x\"/>",
+            "<html><body>404</body></html>",
+            "<updates/><updates/>",
+            "<updates><update><id>a</id></updates>",
+            "<updates><update><id>a&bogus;</id></update></updates>",
+        ] {
+            assert!(updateinfo_str(bad).is_err(), "{bad:?}");
+        }
+        // truncated compressed stream
+        let gz = ui_fixture("updateinfo.xml.xz");
+        let r = updateinfo(&gz[..gz.len() - 20], Compression::Xz);
+        assert!(
+            matches!(
+                r,
+                Err(RepodataError::Decompress(_)) | Err(RepodataError::Xml { .. })
+            ),
+            "{r:?}"
+        );
+        // the wrong decompressor
+        assert!(updateinfo(&ui_fixture("updateinfo.xml.zst"), Compression::Gzip).is_err());
+    }
+
+    #[test]
+    fn updateinfo_bounds() {
+        // huge attribute values are refused, not kept
+        let huge = "n".repeat(500_000);
+        let xml = updates(&format!(
+            r#"<update type="security"><id>a</id><pkglist><collection><package name="{huge}" version="1" release="1" arch="x"/></collection></pkglist></update>"#
+        ));
+        let e = updateinfo_str(&xml).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RepodataError::Invalid {
+                    field: "<package name>",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let xml = updates(&format!(r#"<update type="{huge}"><id>a</id></update>"#));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid {
+                field: "<update type>",
+                ..
+            })
+        ));
+        let xml = updates(&format!(
+            r#"<update><id>a</id><references><reference type="cve" id="{huge}"/></references></update>"#
+        ));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid {
+                field: "<reference id>",
+                ..
+            })
+        ));
+        // attributes that are not kept may be long (within the token limit)
+        let xml = updates(&format!(
+            r#"<update from="{huge}"><id>a</id><references><reference type="cve" id="C" title="{huge}"/></references></update>"#
+        ));
+        assert_eq!(updateinfo_str(&xml).unwrap()[0].cves, ["C"]);
+        // a kept text longer than the field limit is an error, a skipped one is not
+        let long = "t".repeat(MAX_FIELD_TEXT + 1);
+        let xml = updates(&format!("<update><id>a</id><title>{long}</title></update>"));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid {
+                field: "<title>",
+                ..
+            })
+        ));
+        let xml = updates(&format!("<update><id>{long}</id></update>"));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::Invalid { field: "<id>", .. })
+        ));
+        let xml = updates(&format!(
+            "<update><id>a</id><description>{huge}</description></update>"
+        ));
+        assert_eq!(updateinfo_str(&xml).unwrap().len(), 1);
+        // one token over the limit
+        let giant = "d".repeat(usize::try_from(MAX_XML_TOKEN_BYTES).unwrap() + 10);
+        let xml = updates(&format!(
+            "<update><id>a</id><description>{giant}</description></update>"
+        ));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::TooLarge { .. })
+        ));
+        // one advisory keeping more than MAX_ADVISORY_BYTES
+        let one_pkg = format!(
+            r#"<package name="{}" version="1" release="1" arch="x86_64"/>"#,
+            "p".repeat(4000)
+        );
+        let many = one_pkg.repeat(1200);
+        let xml = updates(&format!(
+            "<update><id>a</id><pkglist><collection>{many}</collection></pkglist></update>"
+        ));
+        assert!(matches!(
+            updateinfo_str(&xml),
+            Err(RepodataError::TooLarge {
+                what: "one advisory's kept fields",
+                ..
+            })
+        ),);
+        // ...while the same packages spread over advisories are fine
+        let spread = format!(
+            "<update><id>a</id><pkglist><collection>{}</collection></pkglist></update>",
+            one_pkg.repeat(600)
+        )
+        .repeat(3);
+        let got = updateinfo_str(&updates(&spread)).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2].packages.len(), 600);
+    }
+
+    #[test]
+    fn updateinfo_streams_many_advisories() {
+        let mut xml = String::from("<updates>");
+        for i in 0..5_000 {
+            xml.push_str(&format!(
+                r#"<update type="bugfix"><id>X-{i}</id><pkglist><collection><package name="p{i}" version="1" release="{i}" arch="noarch"/></collection></pkglist></update>"#
+            ));
+        }
+        xml.push_str("</updates>");
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        io::Write::write_all(&mut enc, xml.as_bytes()).unwrap();
+        let zst = enc.finish().unwrap();
+        let mut last = None;
+        let n = parse_updateinfo(&zst[..], Compression::Zstd, |a| last = Some(a)).unwrap();
+        assert_eq!(n, 5_000);
+        assert_eq!(last.unwrap().packages, [pkg("p4999", "noarch", "1-4999")]);
+    }
+
+    #[test]
+    fn updateinfo_never_panics_on_cuts_and_mutations() {
+        let plain = ui_fixture("updateinfo.xml");
+        let last_gt = plain.iter().rposition(|&b| b == b'>').unwrap();
+        for cut in 0..=last_gt {
+            assert!(
+                updateinfo(&plain[..cut], Compression::None).is_err(),
+                "cut {cut}"
+            );
+        }
+        for (data, c) in [
+            (ui_fixture("updateinfo.xml.zst"), Compression::Zstd),
+            (ui_fixture("updateinfo.xml.bz2"), Compression::Bzip2),
+        ] {
+            for cut in (0..data.len()).step_by(5) {
+                assert!(updateinfo(&data[..cut], c).is_err(), "cut {cut}");
+            }
+        }
+        for i in 0..plain.len() {
+            // one of a few bytes at each position (cheaper than all of them everywhere)
+            let mut m = plain.clone();
+            m[i] = [b'<', b'"', 0, b'>', b'&', b'x'][i % 6];
+            let _ = updateinfo(&m, Compression::None);
+        }
+        let gz = ui_fixture(
+            "repodata/cbd9de7495ea9d8d60717198bed798dc64b5262eb84f6682d37c1b23204a4b7b-updateinfo.xml.gz",
+        );
+        for i in 0..gz.len() {
+            let mut m = gz.clone();
+            m[i] ^= 0xff;
+            let _ = updateinfo(&m, Compression::Gzip);
         }
     }
 

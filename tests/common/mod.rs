@@ -38,7 +38,7 @@ pub use dnf::{Dnf, DnfOutput};
 pub use http::{Response, http_get, http_request, try_http_request};
 pub use netns::{Host, Lan, LanNode, LanOpts, LanSite, Watchdog, in_netns};
 pub use node::{Node, NodeOpts, RepoCfg, free_port};
-pub use rpm::{BuiltPkg, PkgSpec, RpmRepo, build_cache, build_rpm, payload_bytes};
+pub use rpm::{AdvisorySpec, BuiltPkg, PkgSpec, RpmRepo, build_cache, build_rpm, payload_bytes};
 pub use upstream::{Logged, Upstream};
 
 use std::time::{Duration, Instant};

@@ -378,3 +378,138 @@ fn describe(spec: &PkgSpec, path: &Path) -> BuiltPkg {
         payload_bytes: spec.payload_bytes,
     }
 }
+
+/// One advisory for [`RpmRepo::set_updateinfo`]: written the way createrepo_c writes
+/// `updateinfo.xml` (ids, type, severity, CVE references, a pkglist of the repo's own
+/// packages with their file names and sha256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvisorySpec {
+    pub id: String,
+    /// `security`, `bugfix`, `enhancement`, ...
+    pub kind: String,
+    /// `Critical`, `Important`, `Moderate`, `Low`; `None` writes no `<severity>`.
+    pub severity: Option<String>,
+    pub title: String,
+    /// `<issued date>`, e.g. `2026-03-01 10:00:00`.
+    pub issued: String,
+    pub cves: Vec<String>,
+    pub packages: Vec<BuiltPkg>,
+}
+
+impl AdvisorySpec {
+    /// A security advisory of `severity` for `packages`.
+    pub fn security(id: &str, severity: &str, packages: &[BuiltPkg]) -> Self {
+        AdvisorySpec {
+            id: id.to_string(),
+            kind: "security".to_string(),
+            severity: Some(severity.to_string()),
+            title: format!("{severity}: {id} security update"),
+            issued: "2026-03-01 10:00:00".to_string(),
+            cves: Vec::new(),
+            packages: packages.to_vec(),
+        }
+    }
+
+    /// A bugfix advisory (no severity) for `packages`.
+    pub fn bugfix(id: &str, packages: &[BuiltPkg]) -> Self {
+        AdvisorySpec {
+            kind: "bugfix".to_string(),
+            severity: None,
+            title: format!("{id} bug fix update"),
+            ..AdvisorySpec::security(id, "", packages)
+        }
+    }
+
+    /// Adds a `<reference type="cve">`.
+    pub fn cve(mut self, id: &str) -> Self {
+        self.cves.push(id.to_string());
+        self
+    }
+
+    fn xml(&self) -> String {
+        let mut s = format!(
+            "  <update from=\"lanmirror-tests\" status=\"final\" type=\"{}\" version=\"1\">\n    \
+             <id>{}</id>\n    <title>{}</title>\n    <issued date=\"{}\"/>\n",
+            esc(&self.kind),
+            esc(&self.id),
+            esc(&self.title),
+            esc(&self.issued)
+        );
+        if let Some(sev) = &self.severity {
+            s.push_str(&format!("    <severity>{}</severity>\n", esc(sev)));
+        }
+        s.push_str(&format!(
+            "    <summary>{0}</summary>\n    <description>{0}</description>\n    <references>\n",
+            esc(&self.title)
+        ));
+        for c in &self.cves {
+            let c = esc(c);
+            s.push_str(&format!(
+                "      <reference href=\"https://cve.example/{c}\" id=\"{c}\" type=\"cve\" title=\"{c}\"/>\n"
+            ));
+        }
+        s.push_str(
+            "    </references>\n    <pkglist>\n      <collection short=\"lanmirror-tests\">\n        \
+             <name>lanmirror tests</name>\n",
+        );
+        for p in &self.packages {
+            s.push_str(&format!(
+                "        <package name=\"{n}\" version=\"{v}\" release=\"{r}\" epoch=\"0\" arch=\"noarch\" \
+                 src=\"{n}-{v}-{r}.src.rpm\">\n          <filename>{f}</filename>\n          \
+                 <sum type=\"sha256\">{sum}</sum>\n        </package>\n",
+                n = esc(&p.name),
+                v = esc(&p.version),
+                r = esc(&p.release),
+                f = esc(&p.file_name),
+                sum = p.sha256_hex
+            ));
+        }
+        s.push_str("      </collection>\n    </pkglist>\n  </update>\n");
+        s
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+impl RpmRepo {
+    /// Writes `updateinfo.xml` for `advisories` and adds it to `repodata/` with
+    /// `modifyrepo_c` (gz, checksum-named, as a mirror publishes it), replacing an earlier
+    /// updateinfo record. Returns its href (`repodata/<sha256>-updateinfo.xml.gz`).
+    /// `add`/`remove` re-run `createrepo_c --update`, which drops the record: call this again
+    /// after them.
+    pub fn set_updateinfo(&self, advisories: &[AdvisorySpec]) -> String {
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<updates>\n");
+        for a in advisories {
+            xml.push_str(&a.xml());
+        }
+        xml.push_str("</updates>\n");
+        let tmp = tempfile::Builder::new()
+            .prefix("lm-updateinfo-")
+            .tempdir()
+            .unwrap();
+        let file = tmp.path().join("updateinfo.xml");
+        fs::write(&file, xml).unwrap();
+        let out = Command::new("modifyrepo_c")
+            .arg("--mdtype=updateinfo")
+            .arg(&file)
+            .arg(self.dir.join("repodata"))
+            .env("LC_ALL", "C")
+            .output()
+            .expect("run modifyrepo_c (is `createrepo-c` installed?)");
+        assert!(
+            out.status.success(),
+            "modifyrepo_c failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.metadata_files()
+            .into_iter()
+            .find(|h| h.ends_with("-updateinfo.xml.gz"))
+            .expect("modifyrepo_c wrote no updateinfo record")
+    }
+}
