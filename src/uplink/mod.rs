@@ -36,10 +36,28 @@
 //! where it stopped), or, after some tens of seconds, close its upstream response and resume
 //! later with a Range request: mirrors drop connections they cannot write to for long.
 //!
-//! **The site.** Every ~100 ms the node checks [`Scheduler::announcement_due`] and, when due,
-//! sends [`Scheduler::announce`] to every peer (once a second, or at once when its demand
-//! changed); each received one goes to [`Scheduler::heard`] with the sender's node id. See
-//! [`share`] for how the cap is split. **Persistence:** store [`Scheduler::budget_state`] every
+//! **The site.** One announcer task per node tells every peer this node's demand, and hands each
+//! announcement a peer sends to [`Scheduler::heard`] with that peer's node id (see [`share`] for
+//! how the cap is split):
+//!
+//! ```no_run
+//! # use lanmirror::uplink::{Now, Uplink, share::ANNOUNCE_EVERY};
+//! # async fn f(uplink: std::sync::Arc<Uplink>) {
+//! loop {
+//!     tokio::select! {
+//!         _ = uplink.changed() => {}                        // a transfer started or ended
+//!         _ = tokio::time::sleep(ANNOUNCE_EVERY / 4) => {} // windows, budget, the heartbeat
+//!     }
+//!     let now = Now::system();
+//!     let due = uplink.lock().announcement_due(now);
+//!     if due {
+//!         let a = uplink.lock().announce(now);
+//!         // … send `a` to every admitted peer (a small JSON message on the QUIC mesh) …
+//!     }
+//! }
+//! # }
+//! ```
+//! **Persistence:** store [`Scheduler::budget_state`] every
 //! minute or so and at shutdown. **Status:** [`Scheduler::status`] is a serde struct for
 //! `/api/status`.
 
@@ -65,8 +83,11 @@ use crate::units::Rate;
 use bucket::{Bucket, Meter};
 use share::{Peers, View, split};
 
-/// How long a held background transfer waits before asking again.
+/// How long background work held by the clock or the budget waits before asking again.
 pub const HOLD_RETRY: Duration = MAX_WAIT;
+/// How long background work held for a waiting client waits before asking again (clients'
+/// downloads end at any moment; the link should not then stay idle for long).
+pub const BUSY_RETRY: Duration = Duration::from_millis(250);
 
 /// Who is waiting for a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -117,6 +138,16 @@ pub enum Hold {
     OutsideWindow,
     /// A client somewhere at the site is waiting for a download.
     InteractiveBusy,
+}
+
+impl Hold {
+    /// How long to wait before asking again.
+    pub fn retry(self) -> Duration {
+        match self {
+            Hold::InteractiveBusy => BUSY_RETRY,
+            Hold::BudgetSpent | Hold::OutsideWindow => HOLD_RETRY,
+        }
+    }
 }
 
 /// The answer to [`Scheduler::ask`]: wait `wait` (never more than [`MAX_WAIT`]), then pass on
@@ -242,7 +273,7 @@ impl Scheduler {
         {
             return Permit {
                 bytes: 0,
-                wait: HOLD_RETRY,
+                wait: why.retry(),
                 held: Some(why),
             };
         }
@@ -429,18 +460,22 @@ impl Scheduler {
 /// A [`Scheduler`] shared by a node's tasks.
 pub struct Uplink {
     inner: Mutex<Scheduler>,
+    /// Woken when a transfer starts or ends, so the announcer can tell the site at once.
+    changed: tokio::sync::Notify,
 }
 
 impl Uplink {
     pub fn new(scheduler: Scheduler) -> Arc<Uplink> {
         Arc::new(Uplink {
             inner: Mutex::new(scheduler),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
     /// Registers a transfer from upstream; it counts as demand until the [`Transfer`] drops.
     pub fn transfer(self: &Arc<Self>, class: Class) -> Transfer {
         self.lock().begin(class);
+        self.changed.notify_one();
         Transfer {
             uplink: Arc::clone(self),
             class,
@@ -452,6 +487,12 @@ impl Uplink {
         // Nothing in the scheduler panics while it is locked; a poisoned lock still holds
         // consistent counters.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Completes when a transfer started or ended since the last call (one waiter: the node's
+    /// announcer, which then checks [`Scheduler::announcement_due`]).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 }
 
@@ -475,6 +516,7 @@ impl Transfer {
 impl Drop for Transfer {
     fn drop(&mut self) {
         self.uplink.lock().end(self.class);
+        self.uplink.changed.notify_one();
     }
 }
 

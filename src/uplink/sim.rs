@@ -5,8 +5,10 @@
 //! Model: each node is a [`Scheduler`]. Each load is one transfer loop exactly as the module
 //! docs describe it: it asks for a chunk, "sleeps" the permit's wait, passes the granted bytes
 //! on (counted at that instant), and asks again; upstream delivers at most `source_rate` per
-//! transfer. Every `poll` each node checks [`Scheduler::announcement_due`] and its announcement
-//! reaches every other node `latency` later (or never, once the mesh is down). Before the start
+//! transfer. Each node checks [`Scheduler::announcement_due`] when one of its transfers starts or
+//! ends (as the announcer woken by [`Uplink::changed`](super::Uplink::changed) does) and every
+//! `poll`; an announcement reaches every other node `latency` later (or never, once the mesh is
+//! down). Before the start
 //! every node has heard every other node's idle announcement, as on a site that has been up a
 //! while. Meant for runs of seconds to minutes (it keeps a counter per node per second).
 
@@ -41,7 +43,8 @@ pub struct Scenario {
     pub source_rate: u64,
     /// Delay of an announcement between two nodes.
     pub latency: Duration,
-    /// How often each node checks whether an announcement is due.
+    /// How often each node checks whether an announcement is due (besides at each start and
+    /// end of a transfer).
     pub poll: Duration,
     /// From this time on no announcement arrives anywhere (the mesh broke).
     pub mesh_down_from: Option<Duration>,
@@ -51,7 +54,7 @@ pub struct Scenario {
 
 impl Scenario {
     /// `nodes` nodes with cap `cap` (bytes/s) and no loads yet; 16 KiB chunks, upstream 20× the
-    /// cap per transfer, 2 ms LAN latency, 100 ms polls, noon.
+    /// cap per transfer, 2 ms LAN latency, 250 ms polls, noon.
     pub fn new(cap: u64, nodes: usize, duration: Duration) -> Scenario {
         Scenario {
             config: UplinkConfig {
@@ -64,7 +67,7 @@ impl Scenario {
             chunk: 16 << 10,
             source_rate: cap.saturating_mul(20),
             latency: Duration::from_millis(2),
-            poll: Duration::from_millis(100),
+            poll: Duration::from_millis(250),
             mesh_down_from: None,
             local: date(2026, 1, 15).at(12, 0, 0, 0),
         }
@@ -88,7 +91,8 @@ impl Scenario {
 pub struct Outcome {
     /// Bytes passed on, by node, by second of the run, by class (interactive, background).
     pub moved: Vec<Vec<[u64; 2]>>,
-    /// The longest wait any permit asked for.
+    /// The longest wait a permit asked for while pacing (held background work waits
+    /// [`Hold::retry`](super::Hold::retry) each time, by design).
     pub max_wait: Duration,
     pub secs: usize,
 }
@@ -142,24 +146,75 @@ struct Running {
     pending: u64,
 }
 
+/// The nodes and the announcements on their way between them.
+struct Site<'a> {
+    s: &'a Scenario,
+    nodes: Vec<Scheduler>,
+    /// (arrives at, to, from, what), in order of arrival.
+    mail: VecDeque<(Instant, usize, usize, Announcement)>,
+    mesh_down: Option<Instant>,
+    end: Instant,
+}
+
+impl Site<'_> {
+    fn now(&self, mono: Instant) -> Now {
+        Now {
+            mono,
+            local: self.s.local,
+        }
+    }
+
+    /// Node `i` announces at `t` if due.
+    fn tell(&mut self, i: usize, t: Instant) {
+        let now = self.now(t);
+        if !self.nodes[i].announcement_due(now) {
+            return;
+        }
+        let a = self.nodes[i].announce(now);
+        if self.mesh_down.is_some_and(|d| t >= d) {
+            return;
+        }
+        let at = t.checked_add(self.s.latency).unwrap_or(self.end);
+        for j in (0..self.nodes.len()).filter(|&j| j != i) {
+            self.mail.push_back((at, j, i, a.clone()));
+        }
+    }
+
+    fn deliver(&mut self, t: Instant) {
+        while self.mail.front().is_some_and(|m| m.0 <= t) {
+            if let Some((at, to, from, a)) = self.mail.pop_front() {
+                self.nodes[to].heard(&name(from), a, at);
+            }
+        }
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("node{i}")
+}
+
 /// Runs `s` to its end and reports what moved.
 pub fn run(s: &Scenario) -> Outcome {
     let t0 = Instant::now();
     let end = t0.checked_add(s.duration).unwrap_or(t0);
-    let now = |mono: Instant| Now {
-        mono,
+    let start = Now {
+        mono: t0,
         local: s.local,
     };
-    let name = |i: usize| format!("node{i}");
-    let mut nodes: Vec<Scheduler> = (0..s.nodes)
-        .map(|_| Scheduler::new(&s.config, None, now(t0)))
-        .collect();
-    let idle: Vec<Announcement> = nodes.iter_mut().map(|n| n.announce(now(t0))).collect();
-    for (i, node) in nodes.iter_mut().enumerate() {
-        for (j, a) in idle.iter().enumerate() {
-            if i != j {
-                node.heard(&name(j), a.clone(), t0);
-            }
+    let mut site = Site {
+        s,
+        nodes: (0..s.nodes)
+            .map(|_| Scheduler::new(&s.config, None, start))
+            .collect(),
+        mail: VecDeque::new(),
+        mesh_down: s.mesh_down_from.map(|d| t0.checked_add(d).unwrap_or(end)),
+        end,
+    };
+    // A site that has been up a while: everyone has heard everyone idle.
+    let idle: Vec<Announcement> = site.nodes.iter_mut().map(|n| n.announce(start)).collect();
+    for (i, node) in site.nodes.iter_mut().enumerate() {
+        for (j, a) in idle.iter().enumerate().filter(|(j, _)| *j != i) {
+            node.heard(&name(j), a.clone(), t0);
         }
     }
     let secs = usize::try_from(s.duration.as_secs()).unwrap_or(usize::MAX);
@@ -180,15 +235,13 @@ pub fn run(s: &Scenario) -> Outcome {
             pending: 0,
         })
         .collect();
-    let mut mail: VecDeque<(Instant, usize, usize, Announcement)> = VecDeque::new();
     let poll = s.poll.max(Duration::from_micros(1));
     let mut next_poll = t0.checked_add(poll).unwrap_or(end);
-    let mesh_down = s.mesh_down_from.map(|d| t0 + d);
     let chunk = s.chunk.max(1);
     let source_rate = s.source_rate.max(1) as f64;
     loop {
         let next_load = running.iter().filter(|r| !r.done).map(|r| r.at).min();
-        let next_mail = mail.front().map(|m| m.0);
+        let next_mail = site.mail.front().map(|m| m.0);
         let t = [Some(next_poll), next_load, next_mail]
             .into_iter()
             .flatten()
@@ -197,43 +250,35 @@ pub fn run(s: &Scenario) -> Outcome {
         if t >= end {
             break;
         }
-        while mail.front().is_some_and(|m| m.0 <= t) {
-            if let Some((at, to, from, a)) = mail.pop_front() {
-                nodes[to].heard(&name(from), a, at);
-            }
-        }
+        site.deliver(t);
         if next_poll <= t {
-            for i in 0..nodes.len() {
-                if nodes[i].announcement_due(now(t)) {
-                    let a = nodes[i].announce(now(t));
-                    if mesh_down.is_none_or(|d| t < d) {
-                        for j in (0..nodes.len()).filter(|&j| j != i) {
-                            let at = t.checked_add(s.latency).unwrap_or(end);
-                            mail.push_back((at, j, i, a.clone()));
-                        }
-                    }
-                }
+            for i in 0..site.nodes.len() {
+                site.tell(i, t);
             }
             next_poll = next_poll.checked_add(poll).unwrap_or(end);
         }
         for r in running.iter_mut().filter(|r| !r.done && r.at <= t) {
-            let node = &mut nodes[r.load.node];
-            let class = r.load.class;
+            let (n, class) = (r.load.node, r.load.class);
             if !r.begun {
-                node.begin(class);
+                site.nodes[n].begin(class);
+                site.tell(n, t);
                 r.begun = true;
             }
             let sec = usize::try_from(t.duration_since(t0).as_secs()).unwrap_or(usize::MAX);
-            if let Some(slot) = out.moved[r.load.node].get_mut(sec) {
+            if let Some(slot) = out.moved[n].get_mut(sec) {
                 slot[class.idx()] += std::mem::take(&mut r.pending);
             }
             if t0.checked_add(r.load.until).is_none_or(|until| t >= until) {
-                node.end(class);
+                site.nodes[n].end(class);
+                site.tell(n, t);
                 r.done = true;
                 continue;
             }
-            let p = node.ask(class, chunk, now(t));
-            out.max_wait = out.max_wait.max(p.wait);
+            let now = site.now(t);
+            let p = site.nodes[n].ask(class, chunk, now);
+            if p.held.is_none() {
+                out.max_wait = out.max_wait.max(p.wait);
+            }
             r.pending = p.bytes;
             let read =
                 Duration::try_from_secs_f64(p.bytes as f64 / source_rate).unwrap_or(s.duration);

@@ -100,7 +100,7 @@ fn interactive_demand_holds_background_which_resumes_after() {
     let now = c.at(0.5, noon());
     let p = s.ask(Class::Background, 1000, now);
     assert_eq!((p.bytes, p.held), (0, Some(Hold::InteractiveBusy)));
-    assert_eq!(p.wait, HOLD_RETRY);
+    assert_eq!(p.wait, BUSY_RETRY);
     assert_eq!(s.status(now).background.why_not, [Hold::InteractiveBusy]);
     assert!(s.ask(Class::Interactive, 1000, now).bytes > 0);
     s.end(Class::Interactive);
@@ -140,6 +140,7 @@ fn a_spent_budget_stops_background_but_not_clients() {
     let now = c.at(1.0, jan);
     let p = s.ask(Class::Background, 1, now);
     assert_eq!((p.bytes, p.held), (0, Some(Hold::BudgetSpent)));
+    assert_eq!(p.wait, HOLD_RETRY);
     let p = s.ask(Class::Interactive, 5000, now);
     assert_eq!(p.bytes, 5000, "clients go on");
     let st = s.status(now).budget;
