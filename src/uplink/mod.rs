@@ -31,9 +31,9 @@
 //! # }
 //! ```
 //!
-//! A background transfer that keeps getting `p.held == Some(..)` (outside its window, budget
-//! spent, a client waiting) may keep asking every second (the stream stays open and resumes
-//! where it stopped), or, after some tens of seconds, close its upstream response and resume
+//! A background transfer that gets `p.held == Some(..)` (outside its window, budget spent, a
+//! client waiting) may keep asking after each `p.wait` (the stream stays open and resumes where
+//! it stopped), or, once held for some tens of seconds, close its upstream response and resume
 //! later with a Range request: mirrors drop connections they cannot write to for long.
 //!
 //! **The site.** One announcer task per node tells every peer this node's demand, and hands each
@@ -49,17 +49,21 @@
 //!         _ = tokio::time::sleep(ANNOUNCE_EVERY / 4) => {} // windows, budget, the heartbeat
 //!     }
 //!     let now = Now::system();
-//!     let due = uplink.lock().announcement_due(now);
-//!     if due {
-//!         let a = uplink.lock().announce(now);
-//!         // … send `a` to every admitted peer (a small JSON message on the QUIC mesh) …
+//!     let due = {
+//!         let mut s = uplink.lock();
+//!         s.announcement_due(now).then(|| s.announce(now))
+//!     };
+//!     if let Some(a) = due {
+//!         // … send `a` to every admitted peer (a small JSON message on the QUIC mesh); on
+//!         // receipt: uplink.lock().heard(&peer_node_id, a, Instant::now()) …
 //!     }
 //! }
 //! # }
 //! ```
-//! **Persistence:** store [`Scheduler::budget_state`] every
-//! minute or so and at shutdown. **Status:** [`Scheduler::status`] is a serde struct for
-//! `/api/status`.
+//!
+//! **Persistence:** store [`Scheduler::budget_state`] (serde) every minute or so and at
+//! shutdown; a crash loses at most what was counted since. **Status:** [`Scheduler::status`]
+//! is a serde struct for `/api/status`.
 
 mod bucket;
 mod budget;
@@ -305,7 +309,8 @@ impl Scheduler {
         }
     }
 
-    /// An announcement from the peer with node id `peer` arrived (at `now`).
+    /// An announcement from the peer with node id `peer` arrived at `now` (`Instant::now()`
+    /// when it is received).
     pub fn heard(&mut self, peer: &str, ann: Announcement, now: Instant) {
         self.peers.heard(peer, ann, now);
     }
