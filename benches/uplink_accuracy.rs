@@ -154,16 +154,20 @@ fn write(path: &str, text: &str) -> Result<(), String> {
 }
 
 fn main() {
+    // Only `--write FILE` means something. `cargo bench` adds `--bench`, and
+    // `cargo test --all-targets -- --test-threads=2` (scripts/test-all) passes its harness
+    // options on: those are ignored, like any other argument.
     let mut args = std::env::args().skip(1);
     let mut out = None;
     while let Some(a) = args.next() {
-        match a.as_str() {
-            "--write" => out = args.next(),
-            "--bench" => {} // cargo bench passes it
-            other => {
-                eprintln!("unknown argument {other:?}; usage: uplink_accuracy [--write FILE]");
+        if a == "--write" {
+            out = args.next();
+            if out.is_none() {
+                eprintln!("--write needs a FILE; usage: uplink_accuracy [--write FILE]");
                 std::process::exit(2);
             }
+        } else if a != "--bench" && !a.starts_with("--test-threads") {
+            eprintln!("ignoring argument {a:?}; usage: uplink_accuracy [--write FILE]");
         }
     }
     let mut rows = Vec::new();
