@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::units::{Rate, Size};
+use crate::uplink::Window;
+
 /// The documented default configuration, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/lanmirror.toml");
 
@@ -48,6 +51,8 @@ pub struct Config {
     pub quic: QuicConfig,
     #[serde(default)]
     pub seed: SeedConfig,
+    #[serde(default)]
+    pub uplink: UplinkConfig,
     #[serde(default, rename = "repo")]
     pub repos: Vec<RepoConfig>,
 }
@@ -194,6 +199,37 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// How the site uses its uplink: a rate cap for the whole site (its nodes agree on their shares),
+/// the hours in which background work may run, and a monthly volume budget. Applied by
+/// [`crate::uplink::Scheduler`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The site's cap on upstream traffic, e.g. `"4 Mbit/s"`, shared by its nodes. Unset: none.
+    pub max_rate: Option<Rate>,
+    /// Local-time windows in which background work (prefetch, mirroring) may run, e.g.
+    /// `["22:00-06:00"]`. Empty: any time.
+    #[serde(default)]
+    pub background_hours: Vec<Window>,
+    /// The site's upstream volume per month, e.g. `"30 GiB"`; when spent, background work stops
+    /// until the reset day (client downloads go on). Unset: no budget.
+    pub monthly_budget: Option<Size>,
+    /// The day of the month the budget period begins (1–31; in shorter months, their last day).
+    #[serde(default = "default_budget_reset_day")]
+    pub budget_reset_day: u8,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            max_rate: None,
+            background_hours: Vec::new(),
+            monthly_budget: None,
+            budget_reset_day: default_budget_reset_day(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
@@ -273,6 +309,9 @@ fn default_retries() -> u32 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_budget_reset_day() -> u8 {
+    1
 }
 
 impl Config {
@@ -369,6 +408,17 @@ impl Config {
                 "upstream timeouts must be at least 1 second".into(),
             ));
         }
+        if !(1..=31).contains(&self.uplink.budget_reset_day) {
+            return Err(invalid(format!(
+                "uplink.budget_reset_day is {}: it must be a day of the month, 1 to 31 (31 means the last day in shorter months)",
+                self.uplink.budget_reset_day
+            )));
+        }
+        if self.uplink.monthly_budget == Some(Size(0)) {
+            return Err(invalid(
+                "uplink.monthly_budget must be more than 0 (leave it unset for no budget)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -442,6 +492,62 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(on_disk, DEFAULT_CONFIG);
+    }
+
+    const REPO: &str = "\n[[repo]]\nname='a'\nurls=['http://x/']\n";
+
+    #[test]
+    fn the_uplink_section() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.uplink.max_rate, None, "no cap by default");
+        assert!(c.uplink.background_hours.is_empty());
+        assert_eq!(c.uplink.monthly_budget, None);
+        assert_eq!(c.uplink.budget_reset_day, 1);
+        let c = Config::parse(
+            &format!(
+                "[uplink]\nmax_rate = '4 Mbit/s'\nbackground_hours = ['22:00-06:00', '12:00-13:00']\nmonthly_budget = '30 GiB'\nbudget_reset_day = 31{REPO}"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.uplink.max_rate, Some(Rate(500_000)));
+        assert_eq!(c.uplink.background_hours.len(), 2);
+        assert_eq!(c.uplink.background_hours[0].to_string(), "22:00-06:00");
+        assert_eq!(c.uplink.monthly_budget, Some(Size(30 << 30)));
+        assert_eq!(c.uplink.budget_reset_day, 31);
+    }
+
+    #[test]
+    fn uplink_errors_name_the_problem() {
+        for (section, words) in [
+            ("background_hours = ['22:00-6']", "not a time window"),
+            ("background_hours = ['22:00-06:00', 'nights']", "\"nights\""),
+            ("background_hours = '22:00-06:00'", "background_hours"),
+            ("max_rate = '4 Mbit'", "not a rate"),
+            ("monthly_budget = '30 GiBs'", "not a size"),
+            ("monthly_budget = '0 GiB'", "more than 0"),
+            ("budget_reset_day = 0", "1 to 31"),
+            ("budget_reset_day = 32", "1 to 31"),
+            ("budget_reset_day = -1", "budget_reset_day"),
+            ("max_rates = '4 Mbit/s'", "max_rates"),
+        ] {
+            let e = Config::parse(&format!("[uplink]\n{section}{REPO}"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(words), "{section}: {e}");
+        }
+        let e = Config::parse(
+            &format!("[uplink]\nbackground_hours = ['25:00-06:00']{REPO}"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        // toml shows the offending line: the key, then what is wrong and how to write it.
+        assert!(e.contains("background_hours = ['25:00-06:00']"), "{e}");
+        assert!(
+            e.contains("start is not a time") && e.contains("22:00-06:00"),
+            "{e}"
+        );
     }
 
     #[test]

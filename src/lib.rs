@@ -23,4 +23,5 @@ pub mod snapshot;
 pub mod stats;
 pub mod store;
 pub mod units;
+pub mod uplink;
 pub mod upstream;
