@@ -236,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None,
                     stats.clone(),
                     cfg.upstream.retries,
+                    None,
                 );
                 let snapshots = lanmirror::snapshot::Snapshots::new(
                     store.clone(),

@@ -19,7 +19,50 @@ use crate::peer::{Peers, SiteError, server};
 use crate::snapshot::{Snapshots, needs_check};
 use crate::stats::Stats;
 use crate::store::{Origin, Store, StoreError, now_secs};
+use crate::uplink::{Now, Scheduler, Uplink};
 use crate::upstream::Upstream;
+
+/// The uplink budget's count, kept across restarts (`<data_dir>/uplink-budget.json`).
+const BUDGET_FILE: &str = "uplink-budget.json";
+
+/// The stored budget count, if there is a readable one.
+fn load_budget(dir: &std::path::Path) -> Option<crate::uplink::BudgetState> {
+    let bytes = std::fs::read(dir.join(BUDGET_FILE)).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored uplink budget count is unreadable; counting from zero");
+            None
+        }
+    }
+}
+
+/// Tells every live peer this node's demand on the uplink, about once a second and at once
+/// when it changes, until `stop` turns true (see `uplink::share`).
+async fn announce(uplink: Arc<Uplink>, peers: Arc<Peers>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = uplink.changed() => {}
+            _ = tokio::time::sleep(crate::uplink::share::ANNOUNCE_EVERY / 4) => {}
+            _ = stop.changed() => return,
+        }
+        let now = Now::system();
+        let due = {
+            let mut s = uplink.lock();
+            s.announcement_due(now).then(|| s.announce(now))
+        };
+        let Some(a) = due else { continue };
+        let sends = peers.live().into_iter().map(|p| {
+            let (peers, a) = (peers.clone(), a.clone());
+            async move {
+                if let Err(e) = peers.announce(&p, &a).await {
+                    tracing::debug!(peer = %p.id, error = %e, "could not tell a peer our uplink demand");
+                }
+            }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -43,6 +86,7 @@ pub struct Node {
     pub fetcher: Arc<Fetcher>,
     pub snapshots: Arc<Snapshots>,
     pub stats: Arc<Stats>,
+    pub uplink: Arc<Uplink>,
     pub started: Instant,
     http: std::sync::Mutex<Option<std::net::TcpListener>>,
     http_addr: SocketAddr,
@@ -67,6 +111,11 @@ impl Node {
             );
         }
         let upstream = Upstream::new(&cfg).map_err(|e| NodeError::Client(e.to_string()))?;
+        let uplink = Uplink::new(Scheduler::new(
+            &cfg.uplink,
+            load_budget(&dir),
+            Now::system(),
+        ));
         let stats = Arc::new(Stats::default());
         let addr = cfg.node.http_listen;
         let http = std::net::TcpListener::bind(addr)
@@ -86,6 +135,7 @@ impl Node {
             Some(seeds),
             stats.clone(),
             cfg.upstream.retries,
+            Some(uplink.clone()),
         );
         let snapshots = Snapshots::new(
             store.clone(),
@@ -101,6 +151,7 @@ impl Node {
             fetcher,
             snapshots,
             stats,
+            uplink,
             started: Instant::now(),
             http: std::sync::Mutex::new(Some(http)),
             http_addr,
@@ -147,10 +198,16 @@ impl Node {
                     snapshots: self.snapshots.clone(),
                     peers: self.peers.clone(),
                     stats: self.stats.clone(),
+                    uplink: self.uplink.clone(),
                 }),
                 shutdown.clone(),
             )),
         ];
+        chores.push(tokio::spawn(announce(
+            self.uplink.clone(),
+            self.peers.clone(),
+            shutdown.clone(),
+        )));
         if self.peers.mdns() {
             chores.push(tokio::spawn(crate::discovery::run(
                 self.peers.clone(),
@@ -169,6 +226,7 @@ impl Node {
                     if let Err(e) = node.store.flush_access().await {
                         tracing::warn!(error = %e, "could not record last-access times");
                     }
+                    node.save_budget();
                 }
             })
         };
@@ -180,8 +238,23 @@ impl Node {
         if let Err(e) = self.store.flush_access().await {
             tracing::warn!(error = %e, "could not record last-access times");
         }
+        self.save_budget();
         tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Writes the uplink budget's count (a crash loses at most what was counted since).
+    fn save_budget(&self) {
+        let state = self.uplink.lock().budget_state();
+        let path = self.cfg.data_dir().join(BUDGET_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "could not record the uplink budget's count");
+        }
     }
 
     /// What a node without a site key must say at start-up and in its status.
@@ -265,6 +338,7 @@ impl Node {
             "mdns": self.peers.mdns(),
             "quic_listen": self.peers.quic_addr().to_string(),
             "peers": self.peers.status(),
+            "uplink": self.uplink.lock().status(Now::system()),
             "from_peers": Stats::get(&s.from_peers),
             "bytes_from_peers": Stats::get(&s.bytes_from_peers),
             "bytes_to_peers": Stats::get(&s.bytes_to_peers),

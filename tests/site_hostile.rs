@@ -441,7 +441,7 @@ fn trickled_package_goes_on_from_upstream_within_the_deadline() {
     );
     assert!(
         seen.iter()
-            .any(|s| s.kind == "fetch" && s.detail.starts_with(&pfetch.rel_path)),
+            .any(|s| s.kind == "download" && s.detail.starts_with(&pfetch.rel_path)),
         "the fetcher was never asked: {seen:?}"
     );
     let st = node.status_json();

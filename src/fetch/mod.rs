@@ -38,6 +38,7 @@ use crate::stats::Stats;
 use crate::store::{
     Batch, BlobMeta, Expected, PathEntry, Store, StoreError, check_expected, now_secs,
 };
+use crate::uplink::{self as link, Class, Uplink};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
 pub mod rules;
@@ -370,6 +371,25 @@ impl Part {
     }
 }
 
+/// Waits until the uplink scheduler has granted `len` bytes, in slices of at most a second
+/// (so the upstream stream is never still for long: reqwest's read timeout restarts per
+/// piece, and TCP holds what we have not read yet).
+async fn wait_for_uplink(t: &link::Transfer, len: u64) {
+    let mut left = len;
+    while left > 0 {
+        let p = t.ask(left, link::Now::system());
+        let wait = if p.bytes == 0 && p.wait.is_zero() {
+            std::time::Duration::from_millis(10)
+        } else {
+            p.wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        left = left.saturating_sub(p.bytes);
+    }
+}
+
 /// Tells readers what changed (the stream started, a new generation, another total);
 /// true when there was something to tell.
 fn publish(tx: &watch::Sender<Phase>, rules: &mut Rules) -> bool {
@@ -408,6 +428,8 @@ pub struct Fetcher {
     stats: Arc<Stats>,
     retries: u32,
     inflight: Mutex<HashMap<String, Arc<Transfer>>>,
+    /// Paces bytes from upstream under the site's cap (`[uplink]`); none: unpaced.
+    uplink: Option<Arc<Uplink>>,
 }
 
 impl Fetcher {
@@ -418,6 +440,7 @@ impl Fetcher {
         seeds: Option<Arc<Seeds>>,
         stats: Arc<Stats>,
         retries: u32,
+        uplink: Option<Arc<Uplink>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -427,6 +450,7 @@ impl Fetcher {
             stats,
             retries,
             inflight: Mutex::new(HashMap::new()),
+            uplink,
         })
     }
 
@@ -712,6 +736,13 @@ impl Fetcher {
             publish(tx, &mut rules);
 
             let from_upstream = matches!(source, Source::Upstream);
+            // Bytes from upstream go through the site's uplink scheduler: every transfer here
+            // has a client or a peer's client waiting (background work will say so).
+            let paced = self
+                .uplink
+                .as_ref()
+                .filter(|_| from_upstream)
+                .map(|u| u.transfer(Class::Interactive));
             let mut stream = body.stream;
             // A peer must keep a minimum pace (deadline from the size it has to send), or the
             // transfer goes on from the next source.
@@ -749,6 +780,9 @@ impl Fetcher {
                 };
                 if let Some(pc) = &mut pace {
                     pc.got += chunk.len() as u64;
+                }
+                if let Some(t) = &paced {
+                    wait_for_uplink(t, chunk.len() as u64).await;
                 }
                 if p.written == 0 {
                     let check = upstream::check_first_bytes(&item.path, &chunk);

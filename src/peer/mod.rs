@@ -992,6 +992,22 @@ impl Peers {
         }
     }
 
+    /// Tells a peer this node's demand on the uplink.
+    pub async fn announce(
+        &self,
+        peer: &Peer,
+        a: &crate::uplink::Announcement,
+    ) -> Result<(), PeerError> {
+        match self
+            .ask(peer, &Request::Announce(a.clone()), HAVE_TIMEOUT)
+            .await?
+            .0
+        {
+            Response::Ack => Ok(()),
+            other => Err(unexpected(peer, &other)),
+        }
+    }
+
     /// A peer's current snapshot of `repo/tree`.
     pub async fn snapshot(
         &self,

@@ -62,6 +62,7 @@ pub struct Local {
     pub snapshots: Arc<Snapshots>,
     pub peers: Arc<Peers>,
     pub stats: Arc<Stats>,
+    pub uplink: Arc<crate::uplink::Uplink>,
 }
 
 /// Who is connected or trying to: the caps before and after admission, and when a refusal
@@ -284,7 +285,7 @@ async fn connection(
         };
         let local = local.clone();
         tokio::spawn(async move {
-            if let Err(e) = stream(local, send, recv).await {
+            if let Err(e) = stream(local, id, send, recv).await {
                 tracing::debug!(peer = %id, error = %super::printable(&e), "peer request failed");
             }
         });
@@ -321,6 +322,7 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
 
 async fn stream(
     local: Arc<Local>,
+    peer: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), String> {
@@ -342,6 +344,13 @@ async fn stream(
     Stats::inc(&local.stats.peer_requests_served);
     let answer = match req {
         Request::Hello { .. } => error(ErrorKind::BadRequest, "already admitted"),
+        Request::Announce(a) => {
+            local
+                .uplink
+                .lock()
+                .heard(&peer.to_string(), a, std::time::Instant::now());
+            Response::Ack
+        }
         Request::Have { checksums } => {
             // Up to `MAX_HAVE` index reads: on the blocking pool, not an async worker.
             let store = local.store.clone();

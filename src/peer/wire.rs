@@ -60,6 +60,9 @@ pub enum Request {
         upstream: String,
         tree: String,
     },
+    /// This node's demand on the uplink (sent about once a second, and when it changes), so
+    /// the site's nodes share `[uplink] max_rate` between them. Answered with [`Response::Ack`].
+    Announce(crate::uplink::Announcement),
 }
 
 /// Why a request could not be answered.
@@ -126,6 +129,8 @@ pub enum Response {
         kind: ErrorKind,
         message: String,
     },
+    /// Taken note of (an announcement).
+    Ack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,6 +231,7 @@ impl Checked for Request {
                 field(path, "path")?;
                 field(checksum.as_deref().unwrap_or(""), "checksum")
             }
+            Request::Announce(_) => Ok(()),
             Request::Snapshot {
                 repo,
                 upstream,
@@ -250,6 +256,7 @@ impl Checked for Response {
             Response::Holding { have } if have.len() > MAX_HAVE => {
                 Err(WireError::OutOfRange("too many flags"))
             }
+            Response::Ack => Ok(()),
             Response::Holding { .. } | Response::Stream { .. } => Ok(()),
             Response::Blob { blake3, .. } => field(blake3, "blake3"),
             Response::Snapshot(SnapshotInfo { revision, files }) => {

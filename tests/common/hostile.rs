@@ -544,8 +544,9 @@ async fn answer(
         Request::Hello { .. } => ("hello", String::new()),
         Request::Have { checksums } => ("have", checksums.join(",")),
         Request::Get { checksum, offset } => ("get", format!("{checksum}@{offset}")),
-        Request::Download { path, offset, .. } => ("fetch", format!("{path}@{offset}")),
+        Request::Download { path, offset, .. } => ("download", format!("{path}@{offset}")),
         Request::Snapshot { repo, tree, .. } => ("snapshot", format!("{repo}/{tree}")),
+        Request::Announce(_) => ("announce", String::new()),
     };
     state.note(kind, detail);
     if let Some(m) = &script.error_message {
@@ -562,6 +563,7 @@ async fn answer(
     }
     let (head, body, trickle) = match req {
         Request::Hello { .. } => (error(ErrorKind::BadRequest, "already admitted"), None, None),
+        Request::Announce(_) => (Response::Ack, None, None),
         Request::Have { checksums } => {
             let blobs = state.blobs.lock().unwrap();
             let have = checksums
