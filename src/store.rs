@@ -1073,11 +1073,15 @@ impl Store {
 
     /// Deletes passed-through files whose grace period is over; returns how many.
     pub fn sweep_passing(&self) -> usize {
+        self.sweep_older_than(PASS_THROUGH_GRACE)
+    }
+
+    fn sweep_older_than(&self, grace: Duration) -> usize {
         let mut g = lock(&self.inner.guards);
         let due: Vec<BlobId> = g
             .passing
             .iter()
-            .filter(|(_, at)| at.elapsed() >= PASS_THROUGH_GRACE)
+            .filter(|(_, at)| at.elapsed() >= grace)
             .map(|(id, _)| *id)
             .collect();
         for id in &due {
@@ -1376,7 +1380,7 @@ fn gather(
     }
     // redb lists keys in order; sort anyway if not, the lookups below need it.
     if !blobs.is_sorted_by(|a, b| a.id <= b.id) {
-        blobs.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        blobs.sort_unstable_by_key(|a| a.id);
     }
     let find = |blobs: &[evict::Blob], id: &BlobId| blobs.binary_search_by(|b| b.id.cmp(id)).ok();
     for (id, at) in touched {
@@ -1876,6 +1880,434 @@ mod tests {
         assert_eq!(store.path_entry("r/bad").unwrap(), None);
         assert!(store.path_entry("r/good").unwrap().is_some());
         assert!(store.verify(|_, _| {}).unwrap().bad.is_empty());
+    }
+
+    // ---- eviction ----
+
+    const NOW_MINUS: u64 = 1_000_000;
+
+    /// Stores `bytes` as a blob last used at `at`, optionally listed under `path`.
+    fn put(store: &Store, bytes: &[u8], at: u64, path: Option<&str>) -> Digests {
+        let d = store.write_blob_bytes(bytes, None).unwrap();
+        let mut m = BlobMeta::from_digests(&d, at);
+        m.last_access = at;
+        let mut b = Batch::new();
+        b.put_blob(m);
+        if let Some(p) = path {
+            b.set_path(p.into(), entry(d.blake3));
+        }
+        store.commit_blocking(b).unwrap();
+        d
+    }
+
+    fn repomd_naming(records: &[(&str, &Digests, &str)]) -> Vec<u8> {
+        let mut x = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<repomd xmlns=\"http://linux.duke.edu/metadata/repo\">\n<revision>100</revision>\n",
+        );
+        for (kind, d, href) in records {
+            x.push_str(&format!(
+                "<data type=\"{kind}\"><checksum type=\"sha256\">{}</checksum><location href=\"{href}\"/><size>{}</size></data>\n",
+                d.checksums[0].to_hex(),
+                d.len
+            ));
+        }
+        x.push_str("</repomd>\n");
+        x.into_bytes()
+    }
+
+    fn policy(max: Option<u64>, pinned: &[&str]) -> Policy {
+        Policy {
+            limits: Limits {
+                max_size: max,
+                min_free: 0,
+            },
+            pinned: pinned.iter().map(|p| p.to_string()).collect(),
+            retention_secs: 3600,
+        }
+    }
+
+    fn kb(n: u8) -> Vec<u8> {
+        vec![n; 1000]
+    }
+
+    /// A store holding: four packages of repo `r` (1000 bytes each, used at t=10..40), one of
+    /// pinned repo `p` (used at t=1), and a snapshot of `r` whose repomd.xml, `.asc`, primary
+    /// (listed in `files`), `other` (named by repomd.xml only), a replaced snapshot's file within
+    /// retention, and one past it.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        pkgs: Vec<Digests>,
+        pinned: Digests,
+        protected: Vec<Digests>,
+        ancient: Digests,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let pkgs: Vec<Digests> = (1..=4)
+            .map(|i| {
+                put(
+                    &store,
+                    &kb(i),
+                    u64::from(i) * 10,
+                    Some(&format!("r/Packages/p{i}.rpm")),
+                )
+            })
+            .collect();
+        let pinned = put(&store, &kb(9), 1, Some("p/Packages/x.rpm"));
+        let primary = put(
+            &store,
+            b"primary bytes",
+            5,
+            Some("r/repodata/aa-primary.xml.gz"),
+        );
+        let other = put(
+            &store,
+            b"other bytes",
+            6,
+            Some("r/repodata/bb-other.xml.gz"),
+        );
+        let asc = put(&store, b"signature", 7, None);
+        let recent_old = put(
+            &store,
+            b"previous primary",
+            8,
+            Some("r/repodata/cc-primary.xml.gz"),
+        );
+        let ancient = put(
+            &store,
+            b"ancient primary",
+            9,
+            Some("r/repodata/dd-primary.xml.gz"),
+        );
+        let repomd = put(
+            &store,
+            &repomd_naming(&[
+                ("primary", &primary, "repodata/aa-primary.xml.gz"),
+                ("other", &other, "repodata/bb-other.xml.gz"),
+            ]),
+            4,
+            None,
+        );
+        let now = now_secs();
+        let mut b = Batch::new();
+        for (f, d) in [
+            ("repodata/aa-primary.xml.gz", &primary),
+            ("repodata/cc-primary.xml.gz", &recent_old),
+            ("repodata/dd-primary.xml.gz", &ancient),
+        ] {
+            b.put_expected(
+                format!("r/{f}"),
+                Expected {
+                    checksum: d.checksums[0].clone(),
+                    size: Some(d.len),
+                },
+            );
+        }
+        b.put_snapshot(
+            "r/".into(),
+            Snapshot {
+                revision: "100".into(),
+                repomd: hash::hex(&repomd.blake3),
+                companions: vec![(".asc".into(), hash::hex(&asc.blake3))],
+                fetched_at: now,
+                checked_at: now,
+                etag: None,
+                last_modified: None,
+                files: vec!["repodata/aa-primary.xml.gz".into()],
+                previous: vec![
+                    (now - NOW_MINUS, vec!["repodata/dd-primary.xml.gz".into()]),
+                    (now - 10, vec!["repodata/cc-primary.xml.gz".into()]),
+                ],
+                origin: Origin::Upstream,
+            },
+        );
+        store.commit_blocking(b).unwrap();
+        drop(store);
+        Fixture {
+            dir,
+            pkgs,
+            pinned,
+            protected: vec![primary, other, asc, recent_old, repomd],
+            ancient,
+        }
+    }
+
+    fn total(f: &Fixture) -> u64 {
+        f.pkgs.iter().map(|d| d.len).sum::<u64>()
+            + f.pinned.len
+            + f.protected.iter().map(|d| d.len).sum::<u64>()
+            + f.ancient.len
+    }
+
+    #[test]
+    fn start_up_eviction_goes_lru_first_and_never_touches_snapshot_or_pinned_files() {
+        let f = fixture();
+        let s = total(&f);
+        // Need ~1600 bytes: the ancient metadata (t=9), then p1 (t=10) and p2 (t=20).
+        let cap = (s - 1600) * 10 / 9;
+        let start = StartUp {
+            policy: Some(policy(Some(cap), &["p"])),
+            names: true,
+            ..StartUp::default()
+        };
+        let (store, rec) = Store::open_with(f.dir.path(), &start).unwrap();
+        let r = rec.eviction.unwrap();
+        assert_eq!(r.evicted.files, 3, "{r:?}");
+        assert_eq!(r.kept.snapshot.files, 5, "{r:?}");
+        assert_eq!(r.kept.pinned.files, 1, "{r:?}");
+        assert_eq!(r.kept.recent.files, 2, "{r:?}");
+        assert_eq!(r.short, 0);
+        assert_eq!(r.names[0].0, "r/repodata/dd-primary.xml.gz");
+        assert_eq!(r.names[1].0, "r/Packages/p1.rpm");
+        for gone in [&f.ancient, &f.pkgs[0], &f.pkgs[1]] {
+            assert!(!store.blob_path(&gone.blake3).exists());
+            assert_eq!(store.blob_meta(&gone.blake3).unwrap(), None);
+            assert_eq!(store.blob_by_checksum(&gone.checksums[0]).unwrap(), None);
+        }
+        assert_eq!(store.path_entry("r/Packages/p1.rpm").unwrap(), None);
+        assert!(store.path_entry("r/Packages/p3.rpm").unwrap().is_some());
+        assert_eq!(store.usage().stored, s - 2 * 1000 - f.ancient.len);
+        assert!(store.usage().stored <= cap);
+        drop(store);
+
+        // A cap nothing but protected files would fit: every evictable file goes, the plan
+        // says how much is missing, and a snapshot in service stays whole.
+        let start = StartUp {
+            policy: Some(policy(Some(100), &["p"])),
+            dry_run: false,
+            ..StartUp::default()
+        };
+        let (store, rec) = Store::open_with(f.dir.path(), &start).unwrap();
+        let r = rec.eviction.unwrap();
+        assert_eq!(r.evicted.files, 2);
+        assert!(r.short > 0);
+        for kept in f.protected.iter().chain([&f.pinned]) {
+            assert!(store.blob_path(&kept.blake3).exists());
+            assert!(store.blob_meta(&kept.blake3).unwrap().is_some());
+        }
+        assert!(store.path_entry("p/Packages/x.rpm").unwrap().is_some());
+        assert!(store.disk_status().last_eviction.is_some());
+    }
+
+    #[test]
+    fn a_dry_run_deletes_nothing_and_gc_compacts() {
+        let f = fixture();
+        let start = StartUp {
+            policy: Some(policy(Some(100), &[])),
+            dry_run: true,
+            names: true,
+            compact: true,
+        };
+        let (store, rec) = Store::open_with(f.dir.path(), &start).unwrap();
+        let r = rec.eviction.unwrap();
+        assert!(
+            r.dry_run && r.evicted.files == 6 && r.names.len() == 6,
+            "{r:?}"
+        );
+        assert_eq!(rec.index_bytes, None);
+        for d in f.pkgs.iter().chain([&f.pinned, &f.ancient]) {
+            assert!(store.blob_path(&d.blake3).exists());
+        }
+        drop(store);
+        let start = StartUp {
+            dry_run: false,
+            ..start
+        };
+        let (_store, rec) = Store::open_with(f.dir.path(), &start).unwrap();
+        assert_eq!(
+            rec.eviction.unwrap().evicted.files,
+            6,
+            "pinned is not pinned now"
+        );
+        let (before, after) = rec.index_bytes.unwrap();
+        assert!(after <= before, "{before} -> {after}");
+    }
+
+    #[test]
+    fn recovery_finishes_an_eviction_cut_between_commit_and_unlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let a = put(&store, &kb(1), 1, Some("r/a.rpm"));
+        let b = put(&store, &kb(2), 2, Some("r/b.rpm"));
+        // The rows go, then the process dies before unlinking.
+        store
+            .commit_blocking(Batch(vec![Op::EvictBlobs(vec![a.blake3])]))
+            .unwrap();
+        assert_eq!(store.usage().stored, 1000);
+        assert!(store.blob_path(&a.blake3).exists());
+        drop(store);
+        let (store, rec) = Store::open(dir.path()).unwrap();
+        assert_eq!(rec.orphan_blobs, 1);
+        assert!(!store.blob_path(&a.blake3).exists());
+        assert!(store.blob_path(&b.blake3).exists());
+        assert_eq!(store.path_entry("r/a.rpm").unwrap(), None);
+        assert!(store.verify(|_, _| {}).unwrap().bad.is_empty());
+        // A path row is never made for a blob that is gone.
+        store
+            .commit_blocking({
+                let mut x = Batch::new();
+                x.set_path("r/again.rpm".into(), entry(a.blake3));
+                x
+            })
+            .unwrap();
+        assert_eq!(store.path_entry("r/again.rpm").unwrap(), None);
+    }
+
+    /// Installs `bytes` the way `fetch` does: a temporary file, `install_blob`, then
+    /// `commit_or_pass` with the blob and path rows (last used at `at`).
+    async fn install(store: &Store, bytes: &[u8], key: &str, at: u64) -> (bool, Digests) {
+        use std::io::Write;
+        let mut h = hash::MultiHasher::new(None);
+        h.update(bytes);
+        let d = h.finish();
+        let tmp = store.new_tmp_path();
+        let mut f = File::create(&tmp).unwrap();
+        f.write_all(bytes).unwrap();
+        store.install_blob(&f, &tmp, &d).unwrap();
+        let mut m = BlobMeta::from_digests(&d, at);
+        m.last_access = at;
+        let mut b = Batch::new();
+        b.put_blob(m).set_path(key.into(), entry(d.blake3));
+        let kept = store
+            .commit_or_pass(b, key, &d.blake3, d.len)
+            .await
+            .unwrap();
+        (kept, d)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn installs_evict_to_make_room_and_pass_through_when_all_is_protected() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = StartUp {
+            policy: Some(policy(Some(3000), &["p"])),
+            ..StartUp::default()
+        };
+        let (store, _) = Store::open_with(dir.path(), &start).unwrap();
+        runtime().block_on(async {
+            let (k1, a) = install(&store, &kb(1), "r/a.rpm", 100).await;
+            let (k2, b) = install(&store, &kb(2), "r/b.rpm", 50).await;
+            let (k3, c) = install(&store, &kb(3), "r/c.rpm", 200).await;
+            assert!(k1 && k2 && k3);
+            assert_eq!(store.usage().stored, 3000);
+            // 4000 > 3000: down to 2700 with the newcomer, so b (t=50) and a (t=100) go.
+            let (k4, d) = install(&store, &kb(4), "r/d.rpm", 300).await;
+            assert!(k4);
+            assert_eq!(store.usage().stored, 2000);
+            for gone in [&a, &b] {
+                assert!(!store.blob_path(&gone.blake3).exists());
+                assert_eq!(store.blob_meta(&gone.blake3).unwrap(), None);
+            }
+            assert!(store.blob_path(&c.blake3).exists() && store.blob_path(&d.blake3).exists());
+            let st = store.disk_status();
+            assert_eq!(
+                (st.evicted_files, st.evicted_bytes, st.eviction_runs),
+                (2, 2000, 1)
+            );
+
+            // A pinned repo fills the rest; then nothing evictable is left but c and d.
+            let (kp, _) = install(&store, &kb(5), "p/x.rpm", 1).await;
+            assert!(kp);
+            let (kq, _) = install(&store, &kb(6), "p/y.rpm", 1).await;
+            assert!(kq, "c and d made room");
+            let (kr, _) = install(&store, &kb(7), "p/z.rpm", 2).await;
+            assert!(kr);
+            assert_eq!(store.usage().stored, 3000);
+            // Everything stored is pinned now: the next download is passed through.
+            let (ke, e) = install(&store, &kb(8), "r/e.rpm", 400).await;
+            assert!(!ke);
+            assert_eq!(store.blob_meta(&e.blake3).unwrap(), None);
+            assert_eq!(store.path_entry("r/e.rpm").unwrap(), None);
+            assert!(
+                store.blob_path(&e.blake3).exists(),
+                "readers may still open it"
+            );
+            let st = store.disk_status();
+            assert!(st.passthrough, "{st:?}");
+            assert!(
+                st.passthrough_reason
+                    .as_deref()
+                    .unwrap()
+                    .contains("max_size"),
+                "{st:?}"
+            );
+            assert_eq!(st.passed_through_files, 1);
+            assert_eq!(store.usage().stored, 3000);
+            // Metadata is kept even so (a snapshot needs it whole).
+            let (km, _) = install(&store, b"metadata", "r/repodata/x-primary.xml.gz", 500).await;
+            assert!(km);
+            // The grace period over, the passed-through file goes.
+            assert_eq!(store.sweep_older_than(Duration::ZERO), 1);
+            assert!(!store.blob_path(&e.blake3).exists());
+            // A file larger than the whole cap is passed through without emptying the store.
+            let (kb_, _) = install(&store, &[9u8; 4000], "r/huge.rpm", 600).await;
+            assert!(!kb_);
+        });
+        drop(store);
+        let (store, rec) = Store::open(dir.path()).unwrap();
+        assert_eq!(rec.orphan_blobs, 1, "the huge one, never swept");
+        assert!(store.verify(|_, _| {}).unwrap().bad.is_empty());
+    }
+
+    #[test]
+    fn a_blob_being_installed_again_is_not_evicted_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = StartUp {
+            policy: Some(policy(Some(100_000), &[])),
+            ..StartUp::default()
+        };
+        let (store, _) = Store::open_with(dir.path(), &start).unwrap();
+        let a = put(&store, &kb(1), 1, Some("r/a.rpm"));
+        // Another transfer of the same content has put its file in place, rows not yet
+        // committed.
+        let tmp = store.new_tmp_path();
+        std::fs::write(&tmp, kb(1)).unwrap();
+        store
+            .install_blob(&File::open(&tmp).unwrap(), &tmp, &a)
+            .unwrap();
+        let tight = policy(Some(10), &[]);
+        let r = store.evict_blocking(&tight, 0).unwrap();
+        assert_eq!(r.evicted.files, 0, "{r:?}");
+        assert!(store.blob_path(&a.blake3).exists());
+        let mut b = Batch::new();
+        b.put_blob(BlobMeta::from_digests(&a, 1))
+            .set_path("r/a2.rpm".into(), entry(a.blake3));
+        store.commit_blocking(b).unwrap();
+        // Committed: now it may go, rows and file together.
+        let r = store.evict_blocking(&tight, 0).unwrap();
+        assert_eq!(r.evicted.files, 1, "{r:?}");
+        assert!(!store.blob_path(&a.blake3).exists());
+        assert_eq!(store.path_entry("r/a.rpm").unwrap(), None);
+        assert_eq!(store.path_entry("r/a2.rpm").unwrap(), None);
+        assert_eq!(store.usage().stored, 0);
+    }
+
+    #[test]
+    fn an_open_evicted_file_stays_readable() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let a = put(&store, &bytes, 1, Some("r/a.rpm"));
+        let mut f = File::open(store.blob_path(&a.blake3)).unwrap();
+        let mut head = vec![0u8; 1000];
+        f.read_exact(&mut head).unwrap();
+        let r = store.evict_blocking(&policy(Some(10), &[]), 0).unwrap();
+        assert_eq!(r.evicted.files, 1);
+        assert!(!store.blob_path(&a.blake3).exists());
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest).unwrap();
+        head.extend(rest);
+        assert_eq!(head, bytes);
     }
 
     fn walk(p: &Path) -> Vec<PathBuf> {
