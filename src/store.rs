@@ -1093,19 +1093,14 @@ impl Store {
         due.len()
     }
 
-    /// The periodic check (and the one after metadata went in over a limit): evicts when a
-    /// limit is crossed; says so when the store has room again after a pass-through spell.
+    /// The periodic check: evicts when a limit is crossed (metadata kept over the cap, files
+    /// stored by other paths than a download, free space taken by something else). The
+    /// pass-through state ends only when a download is kept again: proof of room.
     pub async fn evict_if_needed(&self) {
         let Some((policy, limits)) = self.limits() else {
             return;
         };
         if evict::crossed(&limits, &self.usage()).is_none() {
-            let usage = self.usage();
-            let below_low_water = limits.cap_low_water().is_none_or(|low| usage.stored <= low)
-                && usage.free.is_none_or(|f| f >= limits.min_free);
-            if below_low_water {
-                self.leave_passthrough();
-            }
             return;
         }
         let _run = self.inner.run.lock().await;
