@@ -101,10 +101,7 @@ fn main() {
         max_size: Some(stored / 10 * 9),
         min_free: 0,
     };
-    let usage = Usage {
-        stored,
-        free: None,
-    };
+    let usage = Usage { stored, free: None };
 
     // Baseline: sort N (last_access, size) pairs (the copy is made outside the timing).
     let pairs: Vec<(u64, u64)> = input.iter().map(|b| (b.last_access, b.size)).collect();

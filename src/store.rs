@@ -575,11 +575,33 @@ struct Inner {
     /// Bytes of the blobs the index names; kept by the writer.
     stored: Arc<AtomicU64>,
     policy: Option<Policy>,
-    guards: Mutex<Guards>,
+    /// Shared with the writer, which releases install guards as soon as it has committed.
+    guards: Arc<Mutex<Guards>>,
     disk: Mutex<DiskState>,
-    /// Held by an eviction run, and by an install from its room check to its commit, so the
-    /// cap is checked against what is committed.
+    /// Bytes of installs between their room check and their commit.
+    reserved: AtomicU64,
+    /// Held by an eviction run, and by an install that found no room from its check (and the
+    /// run it starts) to its commit: one run at a time.
     run: tokio::sync::Mutex<()>,
+}
+
+/// Bytes reserved in [`Inner::reserved`] until dropped.
+struct Reserved<'a> {
+    total: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl<'a> Reserved<'a> {
+    fn take(total: &'a AtomicU64, bytes: u64) -> Self {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        Self { total, bytes }
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Inner {
@@ -655,11 +677,12 @@ impl Store {
         }
         let db = Arc::new(db);
         let stored = Arc::new(AtomicU64::new(stored_total(&db)?));
+        let guards = Arc::new(Mutex::new(Guards::default()));
         let (tx, rx) = mpsc::channel::<WriteReq>();
-        let (wdb, wstored) = (db.clone(), stored.clone());
+        let (wdb, wstored, wguards) = (db.clone(), stored.clone(), guards.clone());
         let thread = std::thread::Builder::new()
             .name("lanmirror-index".into())
-            .spawn(move || writer_loop(&wdb, rx, &wstored))
+            .spawn(move || writer_loop(&wdb, rx, &wstored, &wguards))
             .map_err(|e| StoreError::io(&db_path, e))?;
         let store = Store {
             inner: Arc::new(Inner {
@@ -670,8 +693,9 @@ impl Store {
                 touched: Mutex::new(HashMap::new()),
                 stored,
                 policy: start.policy.clone(),
-                guards: Mutex::new(Guards::default()),
+                guards,
                 disk: Mutex::new(disk),
+                reserved: AtomicU64::new(0),
                 run: tokio::sync::Mutex::new(()),
             }),
         };
@@ -817,13 +841,14 @@ impl Store {
         }
         let installed = batch.installed();
         let (done, rx) = oneshot::channel();
-        let sent = self.send(WriteReq { batch, done });
-        let r = match sent {
-            Ok(()) => rx.await.map_err(|_| StoreError::WriterGone).and_then(|r| r),
-            Err(e) => Err(e),
-        };
-        self.release_installs(&installed);
-        r
+        match self.send(WriteReq { batch, done }) {
+            // The writer releases the install guards.
+            Ok(()) => rx.await.map_err(|_| StoreError::WriterGone)?,
+            Err(e) => {
+                self.release_installs(&installed);
+                Err(e)
+            }
+        }
     }
 
     /// Like [`Store::commit`], for callers outside the async runtime.
@@ -833,19 +858,16 @@ impl Store {
         }
         let installed = batch.installed();
         let (done, rx) = oneshot::channel();
-        let sent = self.send(WriteReq { batch, done });
-        let r = match sent {
-            Ok(()) => rx
-                .blocking_recv()
-                .map_err(|_| StoreError::WriterGone)
-                .and_then(|r| r),
-            Err(e) => Err(e),
-        };
-        self.release_installs(&installed);
-        r
+        match self.send(WriteReq { batch, done }) {
+            Ok(()) => rx.blocking_recv().map_err(|_| StoreError::WriterGone)?,
+            Err(e) => {
+                self.release_installs(&installed);
+                Err(e)
+            }
+        }
     }
 
-    /// The rows of these installs are committed (or failed): eviction may take them again.
+    /// The rows of these installs will not be committed: eviction may take them again.
     fn release_installs(&self, ids: &[BlobId]) {
         if ids.is_empty() {
             return;
@@ -1001,17 +1023,29 @@ impl Store {
             self.commit(batch).await?;
             return Ok(true);
         };
-        // Checked and committed under one lock, so concurrent installs cannot each see room
-        // for themselves and cross the cap together.
-        let _run = self.inner.run.lock().await;
         if self.blob_meta(id)?.is_some() {
             // Already stored (under another path): no new bytes.
             self.commit(batch).await?;
             return Ok(true);
         }
         let metadata = evict::is_metadata_key(key);
+        // Fast path, no lock: every install reserves its bytes before it checks, so
+        // concurrent installs cannot each see room for themselves and cross the cap together.
+        let reserved = Reserved::take(&self.inner.reserved, size);
+        if evict::fits(&limits, &self.usage_reserved(), 0) {
+            self.commit(batch).await?;
+            drop(reserved);
+            if !metadata {
+                self.leave_passthrough();
+            }
+            return Ok(true);
+        }
+        drop(reserved);
+        // Slow path: one eviction run at a time; the others wait for it, then check again.
+        let _run = self.inner.run.lock().await;
+        let reserved = Reserved::take(&self.inner.reserved, size);
         let mut full = None;
-        if !evict::fits(&limits, &self.usage(), size) {
+        if !evict::fits(&limits, &self.usage_reserved(), 0) {
             if limits.max_size.is_some_and(|m| size > m) {
                 tracing::info!(
                     path = key,
@@ -1024,17 +1058,19 @@ impl Store {
                     .short_at
                     .is_some_and(|at| at.elapsed() < SHORT_RECHECK);
                 if !recently_short {
-                    self.run_eviction(policy, size).await;
+                    let incoming = self.inner.reserved.load(Ordering::Relaxed);
+                    self.run_eviction(policy, incoming).await;
                 }
-                let usage = self.usage();
-                if !evict::fits(&limits, &usage, size) {
-                    full = Some(full_reason(&limits, &usage));
+                let usage = self.usage_reserved();
+                if !evict::fits(&limits, &usage, 0) {
+                    full = Some(full_reason(&limits, &self.usage()));
                 }
             }
         }
         match full {
             None => {
                 self.commit(batch).await?;
+                drop(reserved);
                 if !metadata {
                     self.leave_passthrough();
                 }
@@ -1045,12 +1081,25 @@ impl Store {
                 Ok(true)
             }
             Some(why) => {
+                drop(reserved);
                 self.pass_through(id, size);
                 if !why.is_empty() {
                     self.enter_passthrough(why);
                 }
                 Ok(false)
             }
+        }
+    }
+
+    /// [`Store::usage`] with the bytes of installs between their check and their commit
+    /// counted as stored.
+    fn usage_reserved(&self) -> Usage {
+        let u = self.usage();
+        Usage {
+            stored: u
+                .stored
+                .saturating_add(self.inner.reserved.load(Ordering::Relaxed)),
+            ..u
         }
     }
 
@@ -1196,7 +1245,8 @@ impl Store {
             t.remove(id);
             report.evicted.add_one(*size);
         }
-        report.short = report.need.saturating_sub(report.evicted.bytes);
+        // `short` stays the plan's: what protection left missing. Blobs skipped because they
+        // were being installed are a passing state, not a reason to stop evicting.
         Ok(report)
     }
 
@@ -1644,7 +1694,12 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(dir, e))
 }
 
-fn writer_loop(db: &Database, rx: mpsc::Receiver<WriteReq>, stored: &AtomicU64) {
+fn writer_loop(
+    db: &Database,
+    rx: mpsc::Receiver<WriteReq>,
+    stored: &AtomicU64,
+    guards: &Mutex<Guards>,
+) {
     while let Ok(first) = rx.recv() {
         let mut reqs = vec![first];
         while reqs.len() < MAX_BATCH {
@@ -1658,6 +1713,16 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<WriteReq>, stored: &AtomicU64) 
             Ok(delta) => add_stored(stored, *delta),
             Err(e) => {
                 tracing::error!(error = %e, "index write failed; the affected files will be fetched again")
+            }
+        }
+        // Installs committed (or failed): eviction may take their blobs from now on. Done here,
+        // not by the waiting task, which may be scheduled much later.
+        {
+            let mut g = lock(guards);
+            for r in &reqs {
+                for id in r.batch.installed() {
+                    g.release(&id);
+                }
             }
         }
         for r in reqs {
@@ -2251,6 +2316,50 @@ mod tests {
         let (store, rec) = Store::open(dir.path()).unwrap();
         assert_eq!(rec.orphan_blobs, 1, "the huge one, never swept");
         assert!(store.verify(|_, _| {}).unwrap().bad.is_empty());
+    }
+
+    #[test]
+    fn concurrent_installs_never_cross_the_cap_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = StartUp {
+            policy: Some(policy(Some(10_000), &[])),
+            ..StartUp::default()
+        };
+        let (store, _) = Store::open_with(dir.path(), &start).unwrap();
+        let rt = runtime();
+        let max_seen = Arc::new(AtomicU64::new(0));
+        rt.block_on(async {
+            let watcher = {
+                let (store, max_seen) = (store.clone(), max_seen.clone());
+                tokio::spawn(async move {
+                    for _ in 0..2000 {
+                        max_seen.fetch_max(store.usage().stored, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                })
+            };
+            let tasks: Vec<_> = (0..40u8)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        install(&store, &kb(i), &format!("r/{i}.rpm"), u64::from(i)).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let (kept, _) = t.await.unwrap();
+                assert!(
+                    kept,
+                    "room is always made: nothing is protected: {:?}",
+                    store.disk_status()
+                );
+            }
+            watcher.await.unwrap();
+        });
+        assert!(store.usage().stored <= 10_000, "{}", store.usage().stored);
+        assert!(max_seen.load(Ordering::Relaxed) <= 10_000);
+        assert_eq!(store.usage().stored, stored_total(&store.inner.db).unwrap());
+        assert!(store.disk_status().evicted_files >= 30);
     }
 
     #[test]
