@@ -3,7 +3,7 @@
 //! the least any LRU planner must do. Run by `bench/evict` in release mode:
 //!
 //! ```text
-//! cargo run --release --example evict_plan -- [--blobs N] [--reps R]
+//! cargo run --release --example evict_plan -- [--blobs N] [--reps R] [--index DIR]
 //! ```
 //!
 //! The blobs are synthetic and deterministic: sizes spread from 1 KiB to 64 MiB (log-uniform,
@@ -12,6 +12,14 @@
 //! must free down to 81%: about a fifth of the bytes, tens of thousands of blobs. Each figure is
 //! the median of R runs; peak RSS is the process's high-water mark (`VmHWM`), which includes
 //! the input (N blobs, 56 bytes each). Prints one JSON line.
+//!
+//! With `--index DIR`, also the index side a node's run adds before planning: a redb file in DIR
+//! with N blob rows and N path rows laid out like `store.rs` lays them (size, stored-at,
+//! last-access, one SHA-256; a path row is the blob id, a check time and two empty validators),
+//! written once (not timed), reopened, then one read pass of the same shape as `store::gather`:
+//! every blob row into the planner's input, then every path row (key checked for a pinned repo
+//! or `/repodata/`, blob id read). redb's page cache (1 GiB by default, as in the node) keeps
+//! what the pass read, so the RSS after it is reported separately. The file is deleted after.
 //!
 //! Without arguments (as `cargo test --all-targets` builds and may run it) it does a 10,000-blob
 //! smoke run.
@@ -79,6 +87,84 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Writes `input` as blob and path rows into a new redb file, reopens it and times one read
+/// pass like `store::gather`; returns (read ms, blobs read, RSS after in KiB, file bytes).
+fn index_pass(dir: &std::path::Path, input: &[Blob]) -> (f64, usize, u64, u64) {
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+    const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+    const PATHS: TableDefinition<&str, &[u8]> = TableDefinition::new("paths");
+    let file = dir.join(format!("evict-bench-{}.redb", std::process::id()));
+    {
+        let db = Database::create(&file).expect("create the bench index");
+        let tx = db.begin_write().expect("write");
+        {
+            let mut blobs = tx.open_table(BLOBS).expect("table");
+            let mut paths = tx.open_table(PATHS).expect("table");
+            for (i, b) in input.iter().enumerate() {
+                let mut v = Vec::with_capacity(59);
+                v.extend_from_slice(&b.size.to_le_bytes());
+                v.extend_from_slice(&b.last_access.to_le_bytes());
+                v.extend_from_slice(&b.last_access.to_le_bytes());
+                v.extend_from_slice(&[1, 1, 32]);
+                v.extend_from_slice(&b.id);
+                blobs.insert(b.id.as_slice(), v.as_slice()).expect("insert");
+                let mut p = Vec::with_capacity(44);
+                p.extend_from_slice(&b.id);
+                p.extend_from_slice(&b.last_access.to_le_bytes());
+                p.extend_from_slice(&[0, 0, 0, 0]);
+                let key = format!("bench/9/BaseOS/x86_64/os/Packages/p/pkg-{i:07}-1.0-1.noarch.rpm");
+                paths.insert(key.as_str(), p.as_slice()).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let db = Database::open(&file).expect("open the bench index");
+    let t = Instant::now();
+    let tx = db.begin_read().expect("read");
+    let mut out = Vec::new();
+    {
+        let blobs = tx.open_table(BLOBS).expect("table");
+        for row in blobs.iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            let (Ok(id), Some(size), Some(last)) = (
+                <[u8; 32]>::try_from(k.value()),
+                v.value().get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                v.value().get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+            ) else {
+                continue;
+            };
+            out.push(Blob {
+                id,
+                size: u64::from_le_bytes(size),
+                last_access: u64::from_le_bytes(last),
+                keep: Keep::Evictable,
+            });
+        }
+        let paths = tx.open_table(PATHS).expect("table");
+        let mut marked = 0usize;
+        for row in paths.iter().expect("iter") {
+            let (k, v) = row.expect("row");
+            if !(k.value().starts_with("pinned/") || k.value().contains("/repodata/")) {
+                continue;
+            }
+            if let Some(id) = v.value().get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok())
+                && out.binary_search_by(|b| b.id.cmp(&id)).is_ok()
+            {
+                marked += 1;
+            }
+        }
+        std::hint::black_box(marked);
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let n = out.len();
+    let rss = vm_hwm_kib();
+    drop(tx);
+    drop(db);
+    let _ = std::fs::remove_file(&file);
+    (ms, n, rss, bytes)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |name: &str, default: usize| {
@@ -126,8 +212,19 @@ fn main() {
     let plan = last.unwrap_or_default();
     let rss_peak = vm_hwm_kib();
     let (p, b) = (median(planned), median(base));
+    let index = args
+        .iter()
+        .position(|a| a == "--index")
+        .and_then(|i| args.get(i + 1))
+        .map(|d| index_pass(std::path::Path::new(d), &input));
+    let index_json = match index {
+        Some((ms, read, rss, bytes)) => format!(
+            ",\"index_read_ms\":{ms:.0},\"index_rows_read\":{read},\"index_file_bytes\":{bytes},\"rss_after_index_kib\":{rss}"
+        ),
+        None => String::new(),
+    };
     println!(
-        "{{\"blobs\":{n},\"reps\":{reps},\"stored_bytes\":{stored},\"need_bytes\":{},\"evicted_files\":{},\"evicted_bytes\":{},\"short_bytes\":{},\"kept_snapshot\":{},\"kept_pinned\":{},\"kept_recent\":{},\"plan_ms\":{:.1},\"baseline_sort_ms\":{:.1},\"ratio\":{:.2},\"generate_ms\":{:.0},\"rss_after_input_kib\":{rss_input},\"rss_peak_kib\":{rss_peak}}}",
+        "{{\"blobs\":{n},\"reps\":{reps},\"stored_bytes\":{stored},\"need_bytes\":{},\"evicted_files\":{},\"evicted_bytes\":{},\"short_bytes\":{},\"kept_snapshot\":{},\"kept_pinned\":{},\"kept_recent\":{},\"plan_ms\":{:.1},\"baseline_sort_ms\":{:.1},\"ratio\":{:.2},\"generate_ms\":{:.0},\"rss_after_input_kib\":{rss_input},\"rss_peak_kib\":{rss_peak}{index_json}}}",
         plan.need,
         plan.evicted.files,
         plan.evicted.bytes,
