@@ -112,7 +112,8 @@ fn index_pass(dir: &std::path::Path, input: &[Blob]) -> (f64, usize, u64, u64) {
                 p.extend_from_slice(&b.id);
                 p.extend_from_slice(&b.last_access.to_le_bytes());
                 p.extend_from_slice(&[0, 0, 0, 0]);
-                let key = format!("bench/9/BaseOS/x86_64/os/Packages/p/pkg-{i:07}-1.0-1.noarch.rpm");
+                let key =
+                    format!("bench/9/BaseOS/x86_64/os/Packages/p/pkg-{i:07}-1.0-1.noarch.rpm");
                 paths.insert(key.as_str(), p.as_slice()).expect("insert");
             }
         }
@@ -130,7 +131,9 @@ fn index_pass(dir: &std::path::Path, input: &[Blob]) -> (f64, usize, u64, u64) {
             let (Ok(id), Some(size), Some(last)) = (
                 <[u8; 32]>::try_from(k.value()),
                 v.value().get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
-                v.value().get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                v.value()
+                    .get(16..24)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok()),
             ) else {
                 continue;
             };
@@ -148,7 +151,10 @@ fn index_pass(dir: &std::path::Path, input: &[Blob]) -> (f64, usize, u64, u64) {
             if !(k.value().starts_with("pinned/") || k.value().contains("/repodata/")) {
                 continue;
             }
-            if let Some(id) = v.value().get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok())
+            if let Some(id) = v
+                .value()
+                .get(..32)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 && out.binary_search_by(|b| b.id.cmp(&id)).is_ok()
             {
                 marked += 1;

@@ -1228,9 +1228,10 @@ impl Store {
         // Index rows first, through the one writer; then the files.
         let ids: Vec<BlobId> = chosen.iter().map(|(id, _)| *id).collect();
         let committed = self.commit_blocking(Batch(vec![Op::EvictBlobs(ids)]));
-        {
+        // In slices, so installs and the writer (which take the same lock) wait little.
+        for slice in chosen.chunks(1024) {
             let mut g = lock(&self.inner.guards);
-            for (id, _) in &chosen {
+            for (id, _) in slice {
                 g.evicting.remove(id);
                 let again = g.reinstalled.remove(id);
                 if committed.is_ok() && !again {
