@@ -1108,7 +1108,7 @@ impl Store {
     /// [`PASS_THROUGH_GRACE`] by [`Store::sweep_passing`], unless something stores the same
     /// content meanwhile. A crash before that leaves an unindexed file, which the next open
     /// deletes.
-    pub fn pass_through(&self, id: &BlobId, size: u64) {
+    fn pass_through(&self, id: &BlobId, size: u64) {
         let indexed = self.blob_meta(id).ok().flatten().is_some();
         {
             let mut g = lock(&self.inner.guards);
