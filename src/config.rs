@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::evict::{Limits, Policy};
 use crate::units::{Rate, Size};
 use crate::uplink::Window;
 
@@ -53,8 +54,61 @@ pub struct Config {
     pub seed: SeedConfig,
     #[serde(default)]
     pub uplink: UplinkConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The `[[repo]]` tables as written; [`Config::parse`] splits them into `repos` and
+    /// `pinned`, so [`RepoConfig`] keeps only what travels with a repo.
     #[serde(default, rename = "repo")]
+    repo_entries: Vec<RepoEntry>,
+    #[serde(skip)]
     pub repos: Vec<RepoConfig>,
+    /// Names of the repos with `pinned = true`: their files are never evicted.
+    #[serde(skip)]
+    pub pinned: Vec<String>,
+}
+
+/// `[store]`: how much disk the cache may take. See `evict` for the rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Most bytes of stored files (e.g. "40 GiB"); unset: no cap. Least recently used files are
+    /// evicted down to 90% of it when a download would cross it.
+    #[serde(default)]
+    pub max_size: Option<Size>,
+    /// Free space to leave on the data directory's filesystem (e.g. "2 GiB"); below it, least
+    /// recently used files are evicted until it is free plus a margin.
+    #[serde(default = "default_min_free")]
+    pub min_free: Size,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_size: None,
+            min_free: default_min_free(),
+        }
+    }
+}
+
+/// The default `[store] min_free`: 1 GiB.
+pub const DEFAULT_MIN_FREE: u64 = 1 << 30;
+
+fn default_min_free() -> Size {
+    Size(DEFAULT_MIN_FREE)
+}
+
+/// One `[[repo]]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoEntry {
+    name: String,
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    mirrorlists: Vec<String>,
+    /// Never evict this repo's files (they count against `max_size` all the same).
+    #[serde(default)]
+    pinned: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,10 +371,20 @@ fn default_budget_reset_day() -> u8 {
 impl Config {
     /// Parses and validates `text`; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
             source: Box::new(e),
         })?;
+        for e in std::mem::take(&mut cfg.repo_entries) {
+            if e.pinned {
+                cfg.pinned.push(e.name.clone());
+            }
+            cfg.repos.push(RepoConfig {
+                name: e.name,
+                urls: e.urls,
+                mirrorlists: e.mirrorlists,
+            });
+        }
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -419,7 +483,29 @@ impl Config {
                 "uplink.monthly_budget must be more than 0 (leave it unset for no budget)".into(),
             ));
         }
+        if self.store.max_size.is_some_and(|m| m.0 == 0) {
+            return Err(invalid(
+                "store.max_size must be more than 0 (leave it out for no cap)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether repo `name` has `pinned = true`.
+    pub fn is_pinned(&self, name: &str) -> bool {
+        self.pinned.iter().any(|p| p == name)
+    }
+
+    /// The eviction policy `[store]`, `pinned` and the snapshot retention make.
+    pub fn store_policy(&self) -> Policy {
+        Policy {
+            limits: Limits {
+                max_size: self.store.max_size.map(|s| s.0),
+                min_free: self.store.min_free.0,
+            },
+            pinned: self.pinned.clone(),
+            retention_secs: self.metadata.old_snapshot_retention_secs,
+        }
     }
 
     /// The data directory in use: the configured one, else [`default_data_dir`].
@@ -548,6 +634,44 @@ mod tests {
             e.contains("start is not a time") && e.contains("22:00-06:00"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn store_section_and_pinned_repos() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.store.max_size, None, "no cap by default");
+        assert_eq!(c.store.min_free, Size(DEFAULT_MIN_FREE));
+        assert!(c.pinned.is_empty());
+        let c = Config::parse(
+            "[store]\nmax_size = \"40 GiB\"\nmin_free = \"2 GiB\"\n\
+             [[repo]]\nname='a'\nurls=['http://x/']\npinned = true\n\
+             [[repo]]\nname='b'\nurls=['http://y/']\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.store.max_size, Some(Size(40 << 30)));
+        assert_eq!(c.repos.len(), 2);
+        assert!(c.is_pinned("a") && !c.is_pinned("b"));
+        let p = c.store_policy();
+        assert_eq!(p.limits.max_size, Some(40 << 30));
+        assert_eq!(p.limits.min_free, 2 << 30);
+        assert_eq!(p.pinned, vec!["a".to_string()]);
+        assert_eq!(p.retention_secs, default_retention());
+        let e = Config::parse(
+            "[store]\nmax_size='lots'\n[[repo]]\nname='a'\nurls=['http://x/']",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("40 GiB"), "{e}");
+        let e = Config::parse(
+            "[store]\nmax_size='0'\n[[repo]]\nname='a'\nurls=['http://x/']",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_size"), "{e}");
+        let e =
+            Config::parse("[[repo]]\nname='a'\nurls=['http://x/']\npinnned=true", "t").unwrap_err();
+        assert!(e.to_string().contains("pinnned"), "{e}");
     }
 
     #[test]

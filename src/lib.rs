@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod checksum;
 pub mod config;
 pub mod discovery;
+pub mod evict;
 pub mod fetch;
 pub mod hash;
 pub mod http;

@@ -1,7 +1,8 @@
 //! The `lanmirror` command line: parses arguments, sets up logging, and calls the library.
 //! Errors become exit codes here and nowhere else: 0 ok, 1 failure, 2 something was bad
 //! (`verify`: a bad blob; `import`: a bad or missing file; `export`: a file that could not be
-//! written), 3 the store is in use by a running node.
+//! written), 3 the store is in use by a running node (`verify`, `gc`, `export`, `import`,
+//! `have` need it to themselves).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use lanmirror::bundle;
 use lanmirror::config::Config;
 use lanmirror::node::Node;
 use lanmirror::peer::{Identity, SiteAuth};
-use lanmirror::store::{Store, StoreError};
+use lanmirror::store::{StartUp, Store, StoreError};
+use lanmirror::units::Size;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +41,16 @@ enum Cmd {
     Verify {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Evict now: delete the least recently used files until the store is within its [store]
+    /// limits (max_size, min_free), then compact the index. Prints what went and what was kept
+    /// and why. The node must be stopped (exit 3 otherwise); a running node evicts by itself.
+    Gc {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Only say what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print the status of the node running with this config (its /api/status).
     Status {
@@ -176,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Cmd::Gc { config, dry_run } => gc(config.as_ref(), dry_run),
         Cmd::Export {
             config,
             to,
@@ -328,6 +341,76 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `lanmirror gc`: the start-up eviction run of a node, on its own, with a report.
+fn gc(config: Option<&PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    /// Evicted files listed one by one; past this, a count.
+    const LISTED: usize = 50;
+    let cfg = load(config)?;
+    let dir = cfg.data_dir();
+    let policy = cfg.store_policy();
+    let start = StartUp {
+        policy: Some(policy.clone()),
+        dry_run,
+        names: true,
+        compact: true,
+    };
+    let (_store, rec) = Store::open_with(&dir, &start)
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    if rec.temporaries + rec.orphan_blobs + rec.rows_dropped > 0 {
+        println!(
+            "cleaned {} leftover temporary file(s), {} unindexed blob file(s) and {} index row(s) without a file, left by an interrupted run",
+            rec.temporaries, rec.orphan_blobs, rec.rows_dropped
+        );
+    }
+    let r = rec.eviction.context("no eviction report")?;
+    let l = policy.limits;
+    println!(
+        "store {}: {} stored (max_size {}), {} free on its filesystem (min_free {})",
+        dir.display(),
+        Size(r.stored_before),
+        l.max_size
+            .map_or("none".to_string(), |m| Size(m).to_string()),
+        r.free_before
+            .map_or("unknown".to_string(), |f| Size(f).to_string()),
+        Size(l.min_free)
+    );
+    let verb = if dry_run { "WOULD EVICT" } else { "EVICTED" };
+    for (name, size) in r.names.iter().take(LISTED) {
+        println!("{verb} {name} ({})", Size(*size));
+    }
+    if r.names.len() > LISTED {
+        println!("… and {} more", r.names.len() - LISTED);
+    }
+    let t = |x: lanmirror::evict::Tally| format!("{} files, {}", x.files, Size(x.bytes));
+    if r.need == 0 {
+        println!("within limits: nothing to evict");
+    } else {
+        println!(
+            "{}: {} (least recently used first, down to the low-water mark)",
+            if dry_run { "would evict" } else { "evicted" },
+            t(r.evicted)
+        );
+    }
+    println!(
+        "kept: snapshot {} · pinned {} · recent {}",
+        t(r.kept.snapshot),
+        t(r.kept.pinned),
+        t(r.kept.recent)
+    );
+    if r.short > 0 {
+        println!(
+            "SHORT: {} more would have to go, but everything left is protected (metadata in service, pinned repos); a node passes new downloads through until there is room: raise max_size, lower min_free or unpin a repo",
+            Size(r.short)
+        );
+    }
+    match rec.index_bytes {
+        Some((before, after)) => println!("index compacted: {} → {}", Size(before), Size(after)),
+        None if dry_run => println!("dry run: nothing deleted, index not compacted"),
+        None => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open_store(cfg: &Config) -> anyhow::Result<Store> {

@@ -2,8 +2,9 @@
 //! counters and the HTTP server, plus the status report they feed.
 //!
 //! `main.rs` only parses the command line and calls in here. This module holds no policy of
-//! its own: it builds the parts, runs start-up recovery, and starts the background chores
-//! (flushing last-access times).
+//! its own: it builds the parts, runs start-up recovery (with the start-up eviction run of
+//! `[store]`), and starts the background chores (flushing last-access times with the periodic
+//! eviction check, deleting passed-through files).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::fetch::Fetcher;
 use crate::peer::{Peers, SiteError, server};
 use crate::snapshot::{Snapshots, needs_check};
 use crate::stats::Stats;
-use crate::store::{Origin, Store, StoreError, now_secs};
+use crate::store::{Origin, StartUp, Store, StoreError, now_secs};
 use crate::uplink::{Now, Scheduler, Uplink};
 use crate::upstream::Upstream;
 
@@ -98,7 +99,11 @@ impl Node {
     /// line turned it off).
     pub fn open(cfg: Config, mdns: bool) -> Result<Arc<Self>, NodeError> {
         let dir = cfg.data_dir();
-        let (store, rec) = Store::open(&dir).map_err(|source| NodeError::Store {
+        let start = StartUp {
+            policy: Some(cfg.store_policy()),
+            ..StartUp::default()
+        };
+        let (store, rec) = Store::open_with(&dir, &start).map_err(|source| NodeError::Store {
             dir: dir.display().to_string(),
             source,
         })?;
@@ -107,9 +112,29 @@ impl Node {
                 temporaries = rec.temporaries,
                 orphan_blobs = rec.orphan_blobs,
                 index_rows_dropped = rec.rows_dropped,
-                "start-up recovery cleaned what an earlier crash left; dropped files will be fetched again"
+                "start-up recovery cleaned what an earlier crash left (unfinished downloads, installs or evictions); dropped files will be fetched again"
             );
         }
+        if let Some(r) = rec.eviction.as_ref().filter(|r| r.evicted.files > 0) {
+            tracing::info!(
+                files = r.evicted.files,
+                bytes = r.evicted.bytes,
+                kept_snapshot = r.kept.snapshot.files,
+                kept_pinned = r.kept.pinned.files,
+                kept_recent = r.kept.recent.files,
+                "start-up eviction: the store was over its [store] limits; the least recently used files were deleted"
+            );
+        }
+        if let Some((before, after)) = rec.index_bytes {
+            tracing::info!(before, after, "index compacted after a large eviction");
+        }
+        let limits = cfg.store_policy().limits;
+        tracing::info!(
+            max_size = %limits.max_size.map_or("none".to_string(), |m| crate::units::Size(m).to_string()),
+            min_free = %crate::units::Size(limits.min_free),
+            pinned = ?cfg.pinned,
+            "store limits"
+        );
         let upstream = Upstream::new(&cfg).map_err(|e| NodeError::Client(e.to_string()))?;
         let uplink = Uplink::new(Scheduler::new(
             &cfg.uplink,
@@ -214,19 +239,26 @@ impl Node {
                 shutdown.clone(),
             )));
         }
+        // Every 5 s: delete passed-through files past their grace period. Every 60 s: record
+        // last-access times, then evict if a [store] limit is crossed.
         let flusher = {
             let node = self.clone();
             let mut stop = shutdown.clone();
             tokio::spawn(async move {
-                loop {
+                for tick in 1u64.. {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = stop.changed() => break,
+                    }
+                    node.store.sweep_passing();
+                    if tick % 12 != 0 {
+                        continue;
                     }
                     if let Err(e) = node.store.flush_access().await {
                         tracing::warn!(error = %e, "could not record last-access times");
                     }
                     node.save_budget();
+                    node.store.evict_if_needed().await;
                 }
             })
         };
@@ -303,6 +335,7 @@ impl Node {
                     .collect();
                 json!({
                     "name": r.name,
+                    "pinned": self.cfg.is_pinned(&r.name),
                     "upstream": r.urls,
                     "upstream_offline": self.fetcher.upstream().is_offline(&r.name),
                     "snapshots": trees,
@@ -349,6 +382,7 @@ impl Node {
             "peer_too_slow": Stats::get(&s.peer_too_slow),
             "stored_blobs": blobs,
             "stored_bytes": bytes,
+            "store": self.store.disk_status(),
         })
     }
 
@@ -473,6 +507,45 @@ impl Node {
             ),
         ] {
             put(name, "counter", help, Stats::get(v));
+        }
+        let disk = self.store.disk_status();
+        put(
+            "evictions_total",
+            "counter",
+            "Files evicted to keep the store within [store] max_size and min_free.",
+            disk.evicted_files,
+        );
+        put(
+            "evicted_bytes_total",
+            "counter",
+            "Bytes of the files evicted.",
+            disk.evicted_bytes,
+        );
+        put(
+            "passed_through_total",
+            "counter",
+            "Downloads served but not kept because nothing more could be evicted.",
+            disk.passed_through_files,
+        );
+        put(
+            "store_passthrough",
+            "gauge",
+            "1 while new downloads are passed through (the store is full of protected files).",
+            u64::from(disk.passthrough),
+        );
+        put(
+            "stored_bytes",
+            "gauge",
+            "Bytes of the files the store keeps.",
+            disk.stored_bytes,
+        );
+        if let Some(free) = disk.free_bytes {
+            put(
+                "filesystem_free_bytes",
+                "gauge",
+                "Free bytes on the data directory's filesystem.",
+                free,
+            );
         }
         put(
             "live_peers",

@@ -872,7 +872,13 @@ impl Fetcher {
                 },
             );
         }
-        self.store.commit(batch).await?;
+        // Disk cap hook (issue 10, `Store::commit_or_pass`): the rows are committed when the
+        // store has room, after evicting least recently used files if needed; when everything
+        // left is protected the blob is passed through instead: readers still get every byte
+        // (Done below), nothing is indexed, and the file is deleted after a grace period.
+        self.store
+            .commit_or_pass(batch, &item.key(), &digests.blake3, digests.len)
+            .await?;
         Ok(Finished::Stored(Done {
             blob: digests.blake3,
             size: digests.len,

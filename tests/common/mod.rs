@@ -19,6 +19,8 @@
 //! * [`dnf`]: [`Dnf`], a real dnf 4 client with its own installroot.
 //! * [`http`]: [`http_get`], a tiny blocking HTTP/1.1 client over
 //!   `std::net::TcpStream` that reports truncated bodies (`complete == false`).
+//! * [`tmpfs`]: [`Tmpfs`], a small filesystem of the test's own for a node's data directory
+//!   (root only), and [`du`].
 //! * [`netns`]: the real-LAN tier: [`Lan`], network namespaces on a bridge (root only), and
 //!   [`LanSite`], nodes in their own namespaces with an upstream behind a slow link.
 //!
@@ -32,6 +34,7 @@ pub mod http;
 pub mod netns;
 pub mod node;
 pub mod rpm;
+pub mod tmpfs;
 pub mod upstream;
 
 pub use dnf::{Dnf, DnfOutput};
@@ -39,6 +42,7 @@ pub use http::{Response, http_get, http_request, try_http_request};
 pub use netns::{Host, Lan, LanNode, LanOpts, LanSite, Watchdog, in_netns};
 pub use node::{Node, NodeOpts, RepoCfg, free_port};
 pub use rpm::{AdvisorySpec, BuiltPkg, PkgSpec, RpmRepo, build_cache, build_rpm, payload_bytes};
+pub use tmpfs::{Tmpfs, du};
 pub use upstream::{Logged, Upstream};
 
 use std::time::{Duration, Instant};

@@ -450,6 +450,55 @@ impl Node {
         (out.success, format!("{}{}", out.stdout, out.stderr))
     }
 
+    /// Runs `lanmirror <args…> --config FILE` with a time limit (e.g. `["gc", "--dry-run"]`).
+    pub fn run_command(&self, args: &[&str]) -> ProcOutput {
+        let mut cmd = Command::new(self.bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null());
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(cmd, VERIFY_TIMEOUT)
+    }
+
+    /// Replaces `extra_toml` and rewrites the config file (takes effect at the next start).
+    pub fn set_extra_toml(&mut self, extra: &str) {
+        self.opts.extra_toml = extra.to_string();
+        fs::write(
+            self.config_path(),
+            self.opts.to_toml(self.port, &self.data_dir()),
+        )
+        .unwrap();
+    }
+
+    /// Starts `lanmirror serve` without waiting for it to be ready (for a test that kills it
+    /// at a chosen moment); [`Node::kill9`] or [`Node::stop`] end it as usual.
+    pub fn spawn_unwaited(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        self.starts += 1;
+        let mut cmd = Command::new(self.bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,lanmirror=debug");
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
     /// `GET <url><path>`; `path` starts with `/`.
     pub fn get(&self, path: &str) -> Response {
         self.get_with(path, &[])
