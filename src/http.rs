@@ -559,7 +559,8 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8], write_timeout: 
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let mut out = String::with_capacity(320);
-    out.push_str("HTTP/1.1 ");
+    // hyper answers an HTTP/1.0 request as HTTP/1.0: so do we.
+    out.push_str(if http11 { "HTTP/1.1 " } else { "HTTP/1.0 " });
     out.push_str(&status.to_string());
     out.push(' ');
     out.push_str(reason);
@@ -572,10 +573,11 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8], write_timeout: 
         out.push_str(&v);
         out.push_str("\r\n");
     }
-    if !keep_alive {
-        out.push_str("connection: close\r\n");
-    } else if !http11 {
-        out.push_str("connection: keep-alive\r\n");
+    // As hyper does: HTTP/1.1 says when it closes, HTTP/1.0 when it does not.
+    match (http11, keep_alive) {
+        (true, false) => out.push_str("connection: close\r\n"),
+        (false, true) => out.push_str("connection: keep-alive\r\n"),
+        _ => {}
     }
     out.push_str("\r\n");
     Stats::inc(&node.stats.requests);

@@ -19,6 +19,8 @@
 //! * [`dnf`]: [`Dnf`], a real dnf 4 client with its own installroot.
 //! * [`http`]: [`http_get`], a tiny blocking HTTP/1.1 client over
 //!   `std::net::TcpStream` that reports truncated bodies (`complete == false`).
+//! * [`raw`]: [`RawConn`], exact bytes on a real connection (pipelining, bare LF, half-close)
+//!   and answers read one by one; [`connect_from`] a chosen loopback address.
 //! * [`netns`]: the real-LAN tier: [`Lan`], network namespaces on a bridge (root only), and
 //!   [`LanSite`], nodes in their own namespaces with an upstream behind a slow link.
 //!
@@ -30,6 +32,7 @@ pub mod dnf;
 pub mod http;
 pub mod netns;
 pub mod node;
+pub mod raw;
 pub mod rpm;
 pub mod upstream;
 
@@ -37,6 +40,7 @@ pub use dnf::{Dnf, DnfOutput};
 pub use http::{Response, http_get, http_request, try_http_request};
 pub use netns::{Host, Lan, LanNode, LanOpts, LanSite, Watchdog, in_netns};
 pub use node::{Node, NodeOpts, RepoCfg, free_port};
+pub use raw::{RawConn, RawResponse, connect_from};
 pub use rpm::{BuiltPkg, PkgSpec, RpmRepo, build_cache, build_rpm, payload_bytes};
 pub use upstream::{Logged, Upstream};
 
