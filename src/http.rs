@@ -1422,3 +1422,41 @@ const DASHBOARD: &str = "<!doctype html><html><head><meta charset=utf-8><title>l
 <body><h1>lanmirror</h1><p>This node caches RPM repositories for the site. \
 Point dnf at <code>http://THIS-HOST:PORT/&lt;repo&gt;/…</code>.</p>\
 <p><a href=\"/api/status\">status (JSON)</a> · <a href=\"/metrics\">metrics (Prometheus)</a></p></body></html>\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits README.md states are the ones in the code.
+    #[test]
+    fn readme_states_the_limits_in_the_code() {
+        let readme = include_str!("../README.md");
+        let d = crate::config::HttpConfig::default();
+        for want in [
+            format!("**{} KiB** at most", MAX_HEAD / 1024),
+            format!("at most\n  **{MAX_HEADERS}** header fields"),
+            format!("(the URI) **{} KiB**", respond::MAX_URI / 1024),
+            format!(
+                "`http.idle_timeout_secs`\n  (**{} s**)",
+                d.idle_timeout_secs
+            ),
+            format!("`http.write_timeout_secs` (**{} s**)", d.write_timeout_secs),
+            format!("for up to **{} s**", LINGER.as_secs()),
+            format!("Up to {} ranges", crate::range::MAX_RANGES),
+            format!("| `http.write_timeout_secs` | `{}` |", d.write_timeout_secs),
+            format!("| `http.idle_timeout_secs` | `{}` |", d.idle_timeout_secs),
+            format!("| `http.max_connections` | `{}` |", d.max_connections),
+        ] {
+            assert!(readme.contains(&want), "README.md does not say {want:?}");
+        }
+        for net in crate::config::DEFAULT_ALLOW
+            .iter()
+            .filter(|n| !n.starts_with("127.") && **n != "::1/128")
+        {
+            assert!(
+                readme.contains(&format!("`{net}`")),
+                "README.md omits {net}"
+            );
+        }
+    }
+}
