@@ -368,14 +368,40 @@ fn pinned_by_snapshot(path: &RepoPath) -> bool {
 fn open_hit(node: &Node, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
     let f = File::open(node.store.blob_path(&hit.blob)).ok()?;
     let len = f.metadata().ok()?.len();
-    let sha = node
-        .store
-        .blob_meta(&hit.blob)
-        .ok()
-        .flatten()
-        .and_then(|m| m.sha256().map(|c| c.digest.clone()));
-    let tag = sha.as_deref().unwrap_or(&hit.blob);
-    Some((f, FileInfo::new(tag, len, hit.modified, name)))
+    Some((
+        f,
+        FileInfo::new(&etag_digest(node, &hit.blob), len, hit.modified, name),
+    ))
+}
+
+/// The digest prefix a blob's ETag shows (see [`respond::etag`]), by blob: a pure function of
+/// the content, remembered so that a hit costs one index read, not two. Bounded: emptied when
+/// full.
+static ETAG_DIGESTS: Mutex<Option<HashMap<BlobId, [u8; 16]>>> = Mutex::new(None);
+const ETAG_DIGESTS_MAX: usize = 8192;
+
+fn etag_digest(node: &Node, blob: &BlobId) -> [u8; 16] {
+    if let Ok(m) = ETAG_DIGESTS.lock()
+        && let Some(d) = m.as_ref().and_then(|m| m.get(blob))
+    {
+        return *d;
+    }
+    let meta = node.store.blob_meta(blob).ok().flatten();
+    let known = meta.is_some();
+    let sha = meta.and_then(|m| m.sha256().map(|c| c.digest.clone()));
+    let src: &[u8] = sha.as_deref().unwrap_or(blob);
+    let mut d = [0u8; 16];
+    let n = src.len().min(16);
+    d[..n].copy_from_slice(&src[..n]);
+    // Only remember what the index said: a blob it does not know yet may be known later.
+    if known && let Ok(mut m) = ETAG_DIGESTS.lock() {
+        let m = m.get_or_insert_with(HashMap::new);
+        if m.len() >= ETAG_DIGESTS_MAX {
+            m.clear();
+        }
+        m.insert(*blob, d);
+    }
+    d
 }
 
 // ---------------------------------------------------------------- zero-copy path
