@@ -6,8 +6,8 @@
 //! one range, 304 or 416) is answered with `sendfile(2)`, headers included in the same write
 //! batch. The first request that is anything else (a miss, a refresh due, several ranges, a
 //! body, a head that does not parse, is too large or is refused) hands the connection, with the
-//! bytes already read, to hyper for the rest of its life, so every error answer comes from one
-//! place. Both paths read the request's fields with [`respond::read_fields`] and take their
+//! bytes already read, to hyper for the rest of its life, so every error answer (400, 414,
+//! 431, 405, …) comes from hyper's side. Both paths read the request's fields with [`respond::read_fields`] and take their
 //! answer from `respond`, so they agree on every header.
 //!
 //! Bounds, the same on both paths: request heads are at most [`MAX_HEAD`] bytes (431 beyond)
