@@ -632,6 +632,11 @@ fn head_never_downloads_and_misses_carry_validators() {
 
     // A package named by primary.xml: nothing goes upstream.
     let h = head(&pkg);
+    assert!(
+        s.up.requests().is_empty(),
+        "HEAD of a package went upstream: {:?}",
+        s.up.requests()
+    );
     assert_eq!(h.status, 200);
     assert_eq!(h.content_length(), Some(p.size));
     assert!(h.body.is_empty());

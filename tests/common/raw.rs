@@ -156,11 +156,13 @@ impl RawConn {
     /// head arrives within `limit`.
     pub fn response(&mut self, head: bool, limit: Duration) -> io::Result<RawResponse> {
         let deadline = Instant::now() + limit;
-        let head_bytes = loop {
+        let mut head_bytes = None;
+        // Bounded: every round reads at least one byte, or ends.
+        for _ in 0..1_000_000 {
             if let Some(i) = find(self.avail(), b"\r\n\r\n") {
-                let h = self.avail()[..i].to_vec();
+                head_bytes = Some(self.avail()[..i].to_vec());
                 self.pos += i + 4;
-                break h;
+                break;
             }
             if self.fill(deadline)? == 0 {
                 return Err(io::Error::new(
@@ -172,7 +174,8 @@ impl RawConn {
                     ),
                 ));
             }
-        };
+        }
+        let head_bytes = head_bytes.ok_or_else(|| io::Error::other("no answer head"))?;
         let text = String::from_utf8_lossy(&head_bytes).into_owned();
         let mut lines = text.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
