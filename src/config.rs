@@ -4,7 +4,7 @@
 //! documented file and the behaviour of `lanmirror serve` without `--config` cannot drift apart.
 //! This module only reads and checks; it opens no sockets and creates no directories.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -290,13 +290,156 @@ pub struct HttpConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A connection whose client takes no bytes of the answer for this long is closed (a
+    /// stalled reader or a sleeping laptop must not keep a slot).
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
+    /// A connection must complete a request head within this long of opening, or of its
+    /// previous answer (keep-alive), or it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// The client networks served (CIDR, e.g. `["10.0.0.0/8", "192.168.1.0/24"]`). Unset:
+    /// [`DEFAULT_ALLOW`], loopback and the private, link-local and unique-local ranges.
+    /// When set it replaces that list.
+    #[serde(default)]
+    pub allow: Option<Vec<Cidr>>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_connections: default_max_connections(),
+            write_timeout_secs: default_write_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            allow: None,
         }
+    }
+}
+
+impl HttpConfig {
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The networks whose clients are served: `allow`, or [`DEFAULT_ALLOW`].
+    pub fn allow_list(&self) -> AllowList {
+        AllowList(match &self.allow {
+            Some(v) => v.clone(),
+            None => DEFAULT_ALLOW
+                .iter()
+                .filter_map(|s| Cidr::parse(s).ok())
+                .collect(),
+        })
+    }
+}
+
+/// Who may use the HTTP port when `[http] allow` is not set: loopback, the RFC 1918 private
+/// ranges, link-local, and IPv6 unique-local (IPv4-mapped IPv6 forms match as IPv4).
+pub const DEFAULT_ALLOW: [&str; 8] = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+];
+
+/// An IP network in CIDR form (`192.168.1.0/24`, `fc00::/7`; a bare address is a /32 or
+/// /128). Host bits below the prefix are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().map_err(|_| {
+            format!("{s:?} is not a network in CIDR form (e.g. \"192.168.1.0/24\" or \"fc00::/7\")")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => {
+                    return Err(format!(
+                        "{s:?}: the prefix length after '/' must be a number from 0 to {max}"
+                    ));
+                }
+            },
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// is compared as the IPv4 address it carries, both ways.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr.to_canonical(), ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                // A mapped network (::ffff:10.0.0.0/104) carries its prefix over the v6 width.
+                let prefix = if self.addr.is_ipv6() {
+                    match self.prefix.checked_sub(96) {
+                        Some(p) => p,
+                        None => return true,
+                    }
+                } else {
+                    self.prefix
+                };
+                prefix_eq(&net.octets(), &a.octets(), prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => prefix_eq(&net.octets(), &a.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` agree.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits).min(a.len() * 8);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (a[whole] & mask) == (b[whole] & mask)
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Cidr::parse(&s)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The client networks the HTTP port serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowList(pub Vec<Cidr>);
+
+impl AllowList {
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -366,6 +509,12 @@ fn default_max_connections() -> usize {
 }
 fn default_budget_reset_day() -> u8 {
     1
+}
+fn default_write_timeout() -> u64 {
+    60
+}
+fn default_idle_timeout() -> u64 {
+    30
 }
 
 impl Config {
@@ -466,6 +615,16 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return Err(invalid("http.max_connections must be at least 1".into()));
+        }
+        if self.http.write_timeout_secs == 0 || self.http.idle_timeout_secs == 0 {
+            return Err(invalid(
+                "http.write_timeout_secs and http.idle_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self.http.allow.as_ref().is_some_and(|a| a.is_empty()) {
+            return Err(invalid(
+                "http.allow is empty, so no client could be served: list networks (e.g. [\"192.168.1.0/24\"]) or remove the key for the default (loopback and private networks)".into(),
+            ));
         }
         if self.upstream.connect_timeout_secs == 0 || self.upstream.read_timeout_secs == 0 {
             return Err(invalid(
@@ -690,5 +849,99 @@ mod tests {
         assert!(e.to_string().contains("typo"), "{e}");
         let e = Config::parse("", "t").unwrap_err();
         assert!(e.to_string().contains("no [[repo]]"), "{e}");
+    }
+
+    #[test]
+    fn cidr_parse_and_match() {
+        let n = |s: &str| Cidr::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(n("192.168.1.0/24").contains(ip("192.168.1.77")));
+        assert!(!n("192.168.1.0/24").contains(ip("192.168.2.1")));
+        assert!(
+            n("192.168.1.9/24").contains(ip("192.168.1.200")),
+            "host bits ignored"
+        );
+        assert!(n("172.16.0.0/12").contains(ip("172.31.255.255")));
+        assert!(!n("172.16.0.0/12").contains(ip("172.32.0.1")));
+        assert!(
+            n("127.0.0.2").contains(ip("127.0.0.2")),
+            "bare address is a /32"
+        );
+        assert!(!n("127.0.0.2").contains(ip("127.0.0.1")));
+        assert!(n("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(n("fc00::/7").contains(ip("fd12:3456::1")));
+        assert!(!n("fc00::/7").contains(ip("fe00::1")));
+        assert!(n("fe80::/10").contains(ip("fe80::1")));
+        assert!(!n("10.0.0.0/8").contains(ip("::1")), "families do not mix");
+        assert!(!n("::/0").contains(ip("10.1.2.3")));
+        // IPv4-mapped IPv6 clients are matched as IPv4, and mapped networks work too.
+        assert!(n("10.0.0.0/8").contains(ip("::ffff:10.9.8.7")));
+        assert!(!n("10.0.0.0/8").contains(ip("::ffff:11.9.8.7")));
+        assert!(n("::ffff:10.0.0.0/104").contains(ip("10.200.0.1")));
+        assert!(!n("::ffff:10.0.0.0/104").contains(ip("11.0.0.1")));
+        assert_eq!(n("10.0.0.0/8").to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn cidr_errors_are_clear() {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "nonsense",
+            "10.0.0.0/-1",
+            "",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        let cfg = |allow: &str| {
+            Config::parse(
+                &format!("[http]\nallow = {allow}\n[[repo]]\nname='a'\nurls=['http://x/']"),
+                "t",
+            )
+        };
+        let e = cfg("[\"10.0.0.0/8\", \"192.168.1.0/33\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("192.168.1.0/33") && e.contains("prefix"), "{e}");
+        let e = cfg("[\"lan\"]").unwrap_err().to_string();
+        assert!(e.contains("CIDR") && e.contains("allow"), "{e}");
+        let e = cfg("[]").unwrap_err().to_string();
+        assert!(e.contains("http.allow is empty"), "{e}");
+        let c = cfg("[\"127.0.0.2/32\"]").unwrap();
+        assert!(c.http.allow_list().allows("127.0.0.2".parse().unwrap()));
+        assert!(!c.http.allow_list().allows("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn default_allow_list_is_the_site_not_the_internet() {
+        let d = HttpConfig::default().allow_list();
+        assert_eq!(d.0.len(), DEFAULT_ALLOW.len(), "every default parses");
+        for ok in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.20",
+            "169.254.3.4",
+            "::1",
+            "fe80::1",
+            "fd00::7",
+            "::ffff:192.168.1.20",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(d.allows(ok.parse().unwrap()), "{ok}");
+        }
+        for no in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.64.0.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+            "::",
+        ] {
+            assert!(!d.allows(no.parse().unwrap()), "{no}");
+        }
     }
 }

@@ -1,38 +1,52 @@
 //! The HTTP side: `GET`/`HEAD /{repo}/{path}`, `/api/status`, `/metrics` and `/`.
 //!
-//! Each connection starts on a zero-copy path: the request head is read and parsed here
-//! (httparse), and a request that is a plain hit on a stored blob (whole file, one range, 304 or
-//! 416) is answered with `sendfile(2)`, headers included in the same write batch. The first
-//! request that is anything else (a miss, a refresh due, several ranges, a body, a malformed
-//! head) hands the connection, with the bytes already read, to hyper for the rest of its life.
-//! Both paths take their answer from `respond`, so they agree on every header.
+//! Each connection starts on a zero-copy path: the request head is read and parsed here with
+//! httparse (the parser hyper uses, with the same settings, so a head ends where hyper would end
+//! it, bare-LF lines included), and a request that is a plain hit on a stored blob (whole file,
+//! one range, 304 or 416) is answered with `sendfile(2)`, headers included in the same write
+//! batch. The first request that is anything else (a miss, a refresh due, several ranges, a
+//! body, a head that does not parse, is too large or is refused) hands the connection, with the
+//! bytes already read, to hyper for the rest of its life, so every error answer (400, 414,
+//! 431, 405, …) comes from hyper's side. Both paths read the request's fields with [`respond::read_fields`] and take their
+//! answer from `respond`, so they agree on every header.
 //!
-//! Bounds: request heads are at most [`MAX_HEAD`] bytes on the zero-copy path (431 beyond) and
-//! [`HYPER_BUF`] once hyper has the connection; connections are capped by
-//! `http.max_connections`; bodies are streamed from files in fixed chunks, so a slow client
-//! holds one chunk, not the file. Invariant 5: only configured repos are served and request paths
-//! are checked by `paths` before any I/O. Errors map to status codes in [`ServeError::status`].
+//! Bounds, the same on both paths: request heads are at most [`MAX_HEAD`] bytes (431 beyond)
+//! and request targets [`respond::MAX_URI`] (414); a connection must complete each request head
+//! within `http.idle_timeout_secs` of opening or of its previous answer; a connection whose
+//! client takes no bytes for `http.write_timeout_secs` is dropped, freeing its slot;
+//! connections are capped by `http.max_connections`; bodies are streamed from files in fixed
+//! chunks, so a slow client holds one chunk, not the file. A connection that ends after an
+//! answer is closed gracefully (write side shut, unread input drained for at most [`LINGER`]),
+//! so the kernel never resets it and destroys the end of the answer; only a body that failed
+//! verification (or a client that stopped reading) ends in a reset.
+//!
+//! Who may connect: clients from `http.allow` (by default loopback and the private,
+//! link-local and unique-local networks); others get 403. Invariant 5: only configured repos
+//! are served and request paths are checked by `paths` before any I/O. A HEAD request never
+//! starts a download: it is answered from the store, the metadata, or a HEAD upstream. Errors
+//! map to status codes in [`ServeError::status`].
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fs::File;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::Interest;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -40,20 +54,30 @@ use crate::fetch::{FetchError, Finished, Item, Phase, Transfer};
 use crate::hash::{self, BlobId};
 use crate::node::Node;
 use crate::paths::{self, PathError, PathKind, RepoPath};
-use crate::respond::{self, BOUNDARY, Conditions, FileInfo, Plan};
+use crate::repodata::ChecksumAlgo;
+use crate::respond::{self, BOUNDARY, Conditions, FileInfo, HeadError, Plan};
 use crate::snapshot::{SnapshotError, needs_check};
 use crate::stats::Stats;
-use crate::store::{PathEntry, now_secs};
+use crate::store::{Expected, PathEntry, now_secs};
+use crate::upstream::HeadInfo;
 
-/// Largest request head accepted.
+/// Largest request head (request line and header fields) accepted, on both paths.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// hyper's read/write buffer limit (and so its request head limit) per connection.
-pub const HYPER_BUF: usize = 64 * 1024;
-/// How long a client may take to send a request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an idle keep-alive connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Header fields per request (hyper's own limit; more is a 431).
+const MAX_HEADERS: usize = 100;
+/// hyper's read/write buffer limit per connection (heads are capped at [`MAX_HEAD`] before).
+const HYPER_BUF: usize = 64 * 1024;
+/// How long a connection that is closing after its last answer keeps reading (and dropping)
+/// what the client still sends, so that unread input does not make the kernel reset the
+/// connection and destroy the end of the answer.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// At most this much unread input is drained while closing.
+const LINGER_BYTES: usize = 1 << 20;
 const CHUNK: usize = 256 * 1024;
+/// Refused clients are logged at most once per address in this period...
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// ...and at most this many addresses are remembered.
+const REFUSAL_LOG_MAX: usize = 1024;
 
 type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -62,6 +86,10 @@ type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub enum ServeError {
     #[error("refused: {0}")]
     BadPath(#[from] PathError),
+    #[error("{0}")]
+    BadHead(#[from] HeadError),
+    #[error("this node serves the clients of its own site only (see [http] allow)")]
+    Forbidden,
     #[error("no such repository or file")]
     NotFound,
     #[error("only GET and HEAD are served")]
@@ -79,6 +107,9 @@ impl ServeError {
         match self {
             ServeError::BadPath(PathError::Empty) => StatusCode::NOT_FOUND,
             ServeError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ServeError::BadHead(HeadError::Host) => StatusCode::BAD_REQUEST,
+            ServeError::BadHead(HeadError::UriTooLong) => StatusCode::URI_TOO_LONG,
+            ServeError::Forbidden => StatusCode::FORBIDDEN,
             ServeError::NotFound => StatusCode::NOT_FOUND,
             ServeError::Method => StatusCode::METHOD_NOT_ALLOWED,
             ServeError::Fetch(e) | ServeError::Snapshot(SnapshotError::Fetch { source: e, .. }) => {
@@ -104,13 +135,23 @@ impl ServeError {
         let status = self.status();
         match status {
             StatusCode::NOT_FOUND => Stats::inc(&stats.not_found),
-            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => Stats::inc(&stats.refused),
+            StatusCode::BAD_REQUEST
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::URI_TOO_LONG
+            | StatusCode::FORBIDDEN => Stats::inc(&stats.refused),
             _ => {}
         }
         let mut r = text(status, format!("{self}\n"));
         if matches!(self, ServeError::Method) {
             r.headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        }
+        if matches!(status, StatusCode::BAD_REQUEST | StatusCode::URI_TOO_LONG) {
+            // A client that sends such heads is not worth keeping a connection for.
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         r
     }
@@ -136,15 +177,28 @@ fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// The per-connection time limits of `[http]`.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    write: Duration,
+    idle: Duration,
+}
+
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: &mut watch::Receiver<bool>) {
     let limit = Arc::new(Semaphore::new(node.cfg.http.max_connections));
+    let allow = node.cfg.http.allow_list();
+    let refusals = Arc::new(RefusalLog::default());
+    let limits = Limits {
+        write: node.cfg.http.write_timeout(),
+        idle: node.cfg.http.idle_timeout(),
+    };
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.changed() => return,
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -158,11 +212,98 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: &mut watch:
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
+        if !allow.allows(peer.ip()) {
+            if refusals.first_in_a_while(peer.ip()) {
+                tracing::warn!(
+                    client = %peer.ip(),
+                    "refused an HTTP client from outside the site's networks (403); if it belongs to the site, add its network to [http] allow (logged once a minute per address)"
+                );
+            }
+            tokio::spawn(async move {
+                refuse(stream, &node, limits).await;
+                drop(permit);
+            });
+            continue;
+        }
         tokio::spawn(async move {
-            connection(stream, node).await;
+            connection(stream, peer, node, limits).await;
             drop(permit);
         });
     }
+}
+
+/// When each refused address was last logged: one line per address per minute, a bounded map.
+#[derive(Default)]
+struct RefusalLog(Mutex<HashMap<IpAddr, Instant>>);
+
+impl RefusalLog {
+    fn first_in_a_while(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let Ok(mut m) = self.0.lock() else {
+            return false;
+        };
+        if m.get(&ip)
+            .is_some_and(|t| now.duration_since(*t) < REFUSAL_LOG_EVERY)
+        {
+            return false;
+        }
+        if m.len() >= REFUSAL_LOG_MAX && !m.contains_key(&ip) {
+            m.retain(|_, t| now.duration_since(*t) < REFUSAL_LOG_EVERY);
+            if m.len() >= REFUSAL_LOG_MAX {
+                return false;
+            }
+        }
+        m.insert(ip, now);
+        true
+    }
+}
+
+/// Answers a client outside `http.allow` with 403 at once (whatever it asks), then closes.
+async fn refuse(mut stream: TcpStream, node: &Node, limits: Limits) {
+    let e = ServeError::Forbidden;
+    Stats::inc(&node.stats.refused);
+    let status = e.status();
+    let body = format!("{e}\n");
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if send_all(&stream, head.as_bytes(), false, limits.write)
+        .await
+        .is_ok()
+    {
+        close_gracefully(&mut stream).await;
+    }
+}
+
+/// Ends a connection after its last answer without destroying it: shuts the write side (the
+/// client sees the end of the answer, then FIN), then reads and drops what the client still
+/// sends (a stray CRLF, a late pipelined request) until it closes, for at most [`LINGER`].
+/// Closing with unread input would make Linux send RST, and a client that has not read the
+/// whole answer yet would lose its end.
+async fn close_gracefully(stream: &mut TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+/// Ends a connection with a reset: for a client that stopped reading (its unsent data is
+/// dropped at once instead of lingering in the kernel) and for an answer that must not look
+/// complete (a body that failed verification).
+fn abort(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
 }
 
 /// A hit that can be answered without asking anyone: the blob and when it was stored/confirmed.
@@ -222,89 +363,159 @@ fn pinned_by_snapshot(path: &RepoPath) -> bool {
     path.kind() == PathKind::Mutable && path.parent_dir().ends_with("repodata/")
 }
 
+/// Opens a stored blob. Its ETag is made of its SHA-256 (what metadata names, so a file
+/// streamed before it was stored carried the same ETag), else of its BLAKE3.
 fn open_hit(node: &Node, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
     let f = File::open(node.store.blob_path(&hit.blob)).ok()?;
     let len = f.metadata().ok()?.len();
-    Some((f, FileInfo::new(&hit.blob, len, hit.modified, name)))
+    Some((
+        f,
+        FileInfo::new(&etag_digest(node, &hit.blob), len, hit.modified, name),
+    ))
+}
+
+/// The digest prefix a blob's ETag shows (see [`respond::etag`]), by blob: a pure function of
+/// the content, remembered so that a hit costs one index read, not two. Bounded: emptied when
+/// full.
+static ETAG_DIGESTS: Mutex<Option<HashMap<BlobId, [u8; 16]>>> = Mutex::new(None);
+const ETAG_DIGESTS_MAX: usize = 8192;
+
+fn etag_digest(node: &Node, blob: &BlobId) -> [u8; 16] {
+    if let Ok(m) = ETAG_DIGESTS.lock()
+        && let Some(d) = m.as_ref().and_then(|m| m.get(blob))
+    {
+        return *d;
+    }
+    let meta = node.store.blob_meta(blob).ok().flatten();
+    let known = meta.is_some();
+    let sha = meta.and_then(|m| m.sha256().map(|c| c.digest.clone()));
+    let src: &[u8] = sha.as_deref().unwrap_or(blob);
+    let mut d = [0u8; 16];
+    let n = src.len().min(16);
+    d[..n].copy_from_slice(&src[..n]);
+    // Only remember what the index said: a blob it does not know yet may be known later.
+    if known && let Ok(mut m) = ETAG_DIGESTS.lock() {
+        let m = m.get_or_insert_with(HashMap::new);
+        if m.len() >= ETAG_DIGESTS_MAX {
+            m.clear();
+        }
+        m.insert(*blob, d);
+    }
+    d
 }
 
 // ---------------------------------------------------------------- zero-copy path
 
 enum Head {
+    /// A complete head of this many bytes, within [`MAX_HEAD`].
     Complete(usize),
+    /// Something hyper must answer: a head that does not parse, is too large, or has more
+    /// fields than the zero-copy path reads.
+    Hyper,
+    /// The client went away, or took longer than the idle timeout.
     Closed,
-    TooLarge,
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>, first: bool) -> io::Result<Head> {
-    let mut scanned: usize = 0;
-    // One deadline for the whole head (a byte every few seconds does not keep a slot), and
-    // a longer one for an idle keep-alive connection before its next request starts.
-    let mut deadline =
-        tokio::time::Instant::now() + if first { HEAD_TIMEOUT } else { IDLE_TIMEOUT };
+/// Reads until `buf` starts with a complete request head, exactly as hyper would frame it.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Head {
     loop {
-        if let Some(i) = buf[scanned.saturating_sub(3)..]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-        {
-            return Ok(Head::Complete(scanned.saturating_sub(3) + i + 4));
-        }
-        scanned = buf.len();
-        if buf.len() >= MAX_HEAD {
-            return Ok(Head::TooLarge);
-        }
-        if !first && !buf.is_empty() {
-            deadline = deadline.min(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::Request::new(&mut headers).parse(buf) {
+                Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => return Head::Complete(n),
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                // Too large, malformed (HTTP/0.9, bad tokens) or too many fields: hyper answers
+                // 431 or 400 at once, from the same bytes.
+                _ => return Head::Hyper,
+            }
         }
         buf.reserve(4096);
-        let n = match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(Head::Closed),
-        };
-        if n == 0 {
-            return Ok(Head::Closed);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // EOF (mid-head too: hyper would answer nothing either), an error, or idle too long.
+            _ => return Head::Closed,
         }
     }
 }
 
-async fn connection(mut stream: TcpStream, node: Arc<Node>) {
+async fn connection(mut stream: TcpStream, peer: SocketAddr, node: Arc<Node>, limits: Limits) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut first = true;
     loop {
-        let head_len = match read_head(&mut stream, &mut buf, first).await {
-            Ok(Head::Complete(n)) => n,
-            Ok(Head::TooLarge) => {
-                let _ = send_all(&stream, b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", false).await;
-                return;
-            }
-            Ok(Head::Closed) | Err(_) => return,
+        let deadline = tokio::time::Instant::now() + limits.idle;
+        let head_len = match read_head(&mut stream, &mut buf, deadline).await {
+            Head::Complete(n) => n,
+            Head::Hyper => break,
+            Head::Closed => return,
         };
-        first = false;
-        match fast_path(&node, &stream, &buf[..head_len]).await {
+        match fast_path(&node, &stream, &buf[..head_len], limits.write).await {
             Fast::Served { keep_alive: true } => {
                 buf.drain(..head_len);
             }
-            Fast::Served { keep_alive: false } | Fast::Broken => return,
+            Fast::Served { keep_alive: false } => {
+                close_gracefully(&mut stream).await;
+                return;
+            }
+            Fast::Broken(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    tracing::info!(
+                        client = %peer,
+                        secs = limits.write.as_secs(),
+                        "closed a connection whose client took no data (http.write_timeout_secs)"
+                    );
+                } else {
+                    tracing::debug!(client = %peer, error = %e, "client went away mid-answer");
+                }
+                abort(stream);
+                return;
+            }
             Fast::NotMine => break,
         }
     }
-    let io = TokioIo::new(Rewind {
-        pre: buf,
-        at: 0,
-        inner: stream,
-    });
+    let home = Arc::new(Mutex::new(None));
+    let io = TokioIo::new(Io::new(buf, stream, limits.write, home.clone()));
     let svc = hyper::service::service_fn(move |req| {
         let node = node.clone();
         async move { Ok::<_, Infallible>(handle(node, req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
+    let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(limits.idle)
+        .max_header_size(MAX_HEAD)
         .max_buf_size(HYPER_BUF)
         .keep_alive(true)
-        .serve_connection(io, svc);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "connection ended with an error");
+        .half_close(true)
+        .serve_connection(io, svc)
+        .await;
+    // The connection future (and the Io in it) is gone: the socket is back in `home`.
+    let Some(back) = home.lock().ok().and_then(|mut h| h.take()) else {
+        return;
+    };
+    match result {
+        Ok(()) => close_gracefully(&mut { back.stream }).await,
+        // hyper answered the head with 400/414/431 itself: let the client read it.
+        Err(e) if e.is_parse() || e.is_parse_too_large() => {
+            tracing::debug!(client = %peer, error = %e, "malformed request");
+            close_gracefully(&mut { back.stream }).await;
+        }
+        Err(e) if e.is_timeout() => {
+            tracing::debug!(client = %peer, "connection idle too long; closed");
+        }
+        Err(e) => {
+            if back.write_timed_out {
+                tracing::info!(
+                    client = %peer,
+                    secs = limits.write.as_secs(),
+                    "closed a connection whose client took no data (http.write_timeout_secs)"
+                );
+            } else {
+                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+            abort(back.stream);
+        }
     }
 }
 
@@ -312,14 +523,14 @@ enum Fast {
     Served {
         keep_alive: bool,
     },
-    /// The client went away or the socket failed mid-answer.
-    Broken,
+    /// The client went away, stopped reading, or the socket failed mid-answer.
+    Broken(io::Error),
     /// Not a plain hit: hyper takes over.
     NotMine,
 }
 
-async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8]) -> Fast {
-    let mut headers = [httparse::EMPTY_HEADER; 48];
+async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8], write_timeout: Duration) -> Fast {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
         return Fast::NotMine;
@@ -332,31 +543,20 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8]) -> Fast {
         "HEAD" => true,
         _ => return Fast::NotMine,
     };
-    let mut c = Conditions::default();
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
-    for h in req.headers.iter() {
-        let v = std::str::from_utf8(h.value).ok();
-        let n = h.name;
-        if n.eq_ignore_ascii_case("range") {
-            c.range = v;
-        } else if n.eq_ignore_ascii_case("if-range") {
-            c.if_range = v;
-        } else if n.eq_ignore_ascii_case("if-none-match") {
-            c.if_none_match = v;
-        } else if n.eq_ignore_ascii_case("if-modified-since") {
-            c.if_modified_since = v;
-        } else if n.eq_ignore_ascii_case("connection") {
-            let v = v.unwrap_or("").to_ascii_lowercase();
-            conn_close |= v.contains("close");
-            conn_keep_alive |= v.contains("keep-alive");
-        } else if n.eq_ignore_ascii_case("transfer-encoding")
-            || n.eq_ignore_ascii_case("expect")
-            || n.eq_ignore_ascii_case("upgrade")
-            || (n.eq_ignore_ascii_case("content-length") && h.value != b"0")
-        {
-            return Fast::NotMine;
-        }
+    // A target hyper would refuse is hyper's to answer.
+    if http::Uri::try_from(target).is_err() {
+        return Fast::NotMine;
+    }
+    let http11 = version == 1;
+    let Ok(fields) = respond::read_fields(
+        http11,
+        target,
+        req.headers.iter().map(|h| (h.name, h.value)),
+    ) else {
+        return Fast::NotMine;
+    };
+    if fields.special {
+        return Fast::NotMine;
     }
     let path_only = target.split('?').next().unwrap_or(target);
     let Ok((repo, path)) = paths::parse_request_path(path_only) else {
@@ -371,25 +571,22 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8]) -> Fast {
     let Some((file, info)) = open_hit(node, &hit, path.file_name()) else {
         return Fast::NotMine;
     };
-    let plan = respond::plan(&c, &info);
+    let plan = respond::plan(&fields.conditions, &info);
     let body = match &plan {
         Plan::Full => Some(0..info.len),
         Plan::Single(r) => Some(r.clone()),
         Plan::Multi(_) => return Fast::NotMine,
         Plan::NotModified | Plan::Unsatisfiable => None,
     };
-    let keep_alive = if version == 1 {
-        !conn_close
-    } else {
-        conn_keep_alive && !conn_close
-    };
+    let keep_alive = fields.persistent(http11);
     let status = plan.status();
     let reason = StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let mut out = String::with_capacity(320);
-    out.push_str("HTTP/1.1 ");
+    // hyper answers an HTTP/1.0 request as HTTP/1.0: so do we.
+    out.push_str(if http11 { "HTTP/1.1 " } else { "HTTP/1.0 " });
     out.push_str(&status.to_string());
     out.push(' ');
     out.push_str(reason);
@@ -402,10 +599,11 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8]) -> Fast {
         out.push_str(&v);
         out.push_str("\r\n");
     }
-    if !keep_alive {
-        out.push_str("connection: close\r\n");
-    } else if version == 0 {
-        out.push_str("connection: keep-alive\r\n");
+    // As hyper does: HTTP/1.1 says when it closes, HTTP/1.0 when it does not.
+    match (http11, keep_alive) {
+        (true, false) => out.push_str("connection: close\r\n"),
+        (false, true) => out.push_str("connection: keep-alive\r\n"),
+        _ => {}
     }
     out.push_str("\r\n");
     Stats::inc(&node.stats.requests);
@@ -413,169 +611,277 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8]) -> Fast {
     Stats::inc(&node.stats.zero_copy_responses);
     node.store.touch(&hit.blob);
     let body = body.filter(|r| !head_only && r.end > r.start);
-    if send_all(stream, out.as_bytes(), body.is_some())
-        .await
-        .is_err()
-    {
-        return Fast::Broken;
+    if let Err(e) = send_all(stream, out.as_bytes(), body.is_some(), write_timeout).await {
+        return Fast::Broken(e);
     }
     if let Some(r) = body {
         let n = r.end - r.start;
-        if sendfile_all(stream, &file, r).await.is_err() {
-            return Fast::Broken;
+        if let Err(e) = sendfile_all(stream, &file, r, write_timeout).await {
+            return Fast::Broken(e);
         }
         Stats::add(&node.stats.bytes_served, n);
     }
     Fast::Served { keep_alive }
 }
 
+/// Waits until the socket takes bytes again, for at most `limit`.
+async fn writable(stream: &TcpStream, limit: Duration) -> io::Result<()> {
+    match tokio::time::timeout(limit, stream.writable()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took no data within the write timeout",
+        )),
+    }
+}
+
 /// Writes all of `bytes`; `more` tells the kernel a body follows (MSG_MORE), so headers and
-/// the start of the body leave in the same segment.
-async fn send_all(stream: &TcpStream, mut bytes: &[u8], more: bool) -> io::Result<()> {
+/// the start of the body leave in the same segment. Fails if the client takes nothing for
+/// `limit`.
+async fn send_all(
+    stream: &TcpStream,
+    mut bytes: &[u8],
+    more: bool,
+    limit: Duration,
+) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     while !bytes.is_empty() {
-        let n = stream
-            .async_io(Interest::WRITABLE, || {
-                // SAFETY: the pointer and length describe a live slice; the fd is the open socket.
-                let r = unsafe {
-                    libc::send(
-                        stream.as_raw_fd(),
-                        bytes.as_ptr().cast(),
-                        bytes.len(),
-                        flags,
-                    )
-                };
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(r as usize)
-                }
-            })
-            .await?;
-        bytes = &bytes[n..];
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            // SAFETY: the pointer and length describe a live slice; the fd is the open socket.
+            let r = unsafe {
+                libc::send(
+                    stream.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    flags,
+                )
+            };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            }
+        });
+        match sent {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, limit).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
 
-/// Sends `r` of `file` on the socket with sendfile(2): no copy through user space.
-async fn sendfile_all(stream: &TcpStream, file: &File, r: Range<u64>) -> io::Result<()> {
+/// Sends `r` of `file` on the socket with sendfile(2): no copy through user space. Fails if
+/// the client takes nothing for `limit`.
+async fn sendfile_all(
+    stream: &TcpStream,
+    file: &File,
+    r: Range<u64>,
+    limit: Duration,
+) -> io::Result<()> {
     let mut off = r.start as libc::off_t;
     let end = r.end as libc::off_t;
     while off < end {
-        let n = stream
-            .async_io(Interest::WRITABLE, || {
-                let count = ((end - off) as usize).min(1 << 30);
-                // SAFETY: both fds are open for the duration; `off` is a valid off_t the call updates.
-                let r = unsafe {
-                    libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, count)
-                };
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(r as usize)
-                }
-            })
-            .await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "blob shorter than its length",
-            ));
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            let count = ((end - off) as usize).min(1 << 30);
+            // SAFETY: both fds are open for the duration; `off` is a valid off_t the call updates.
+            let r =
+                unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob shorter than its length",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, limit).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-/// An IO that first yields bytes already read, then reads from the socket.
-struct Rewind {
-    pre: Vec<u8>,
-    at: usize,
-    inner: TcpStream,
+/// The socket, handed back by [`Io`] when hyper is done with it.
+struct Returned {
+    stream: TcpStream,
+    /// The connection ended because the client took no data for the write timeout.
+    write_timed_out: bool,
 }
 
-impl AsyncRead for Rewind {
+/// The connection as hyper sees it: first the bytes the zero-copy path already read, then the
+/// socket; a write that makes no progress for the write timeout fails (hyper then drops the
+/// connection). When hyper drops it, the socket goes back to `home`, so the connection can be
+/// closed gracefully.
+struct Io {
+    pre: Vec<u8>,
+    at: usize,
+    stream: Option<TcpStream>,
+    write_timeout: Duration,
+    /// Armed when a write could make no progress; reset by any progress.
+    stall: Pin<Box<tokio::time::Sleep>>,
+    stalled: bool,
+    timed_out: bool,
+    home: Arc<Mutex<Option<Returned>>>,
+}
+
+impl Io {
+    fn new(
+        pre: Vec<u8>,
+        stream: TcpStream,
+        write_timeout: Duration,
+        home: Arc<Mutex<Option<Returned>>>,
+    ) -> Self {
+        Self {
+            pre,
+            at: 0,
+            stream: Some(stream),
+            write_timeout,
+            stall: Box::pin(tokio::time::sleep(write_timeout)),
+            stalled: false,
+            timed_out: false,
+            home,
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Progress (or an error): disarm the stall timer.
+    fn wrote(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if r.is_ready() {
+            self.stalled = false;
+            return r;
+        }
+        if !self.stalled {
+            self.stalled = true;
+            let at = tokio::time::Instant::now() + self.write_timeout;
+            self.stall.as_mut().reset(at);
+        }
+        if self.stall.as_mut().poll(cx).is_ready() {
+            self.timed_out = true;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no data within the write timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take()
+            && let Ok(mut h) = self.home.lock()
+        {
+            *h = Some(Returned {
+                stream,
+                write_timed_out: self.timed_out,
+            });
+        }
+    }
+}
+
+impl AsyncRead for Io {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.at < self.pre.len() {
-            let n = (self.pre.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.pre[at..at + n]);
-            self.at += n;
-            if self.at == self.pre.len() {
-                self.pre = Vec::new();
-                self.at = 0;
+        let this = self.get_mut();
+        if this.at < this.pre.len() {
+            let n = (this.pre.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.pre[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.pre.len() {
+                this.pre = Vec::new();
+                this.at = 0;
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match this.stream() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
-impl AsyncWrite for Rewind {
+impl AsyncWrite for Io {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let r = match this.stream() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        this.wrote(r, cx)
     }
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = match this.stream() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        this.wrote(r, cx)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
 // ---------------------------------------------------------------- hyper path
 
-/// Owned copies of the request fields [`Conditions`] borrows.
-#[derive(Default, Clone)]
-struct OwnedConditions {
-    head: bool,
-    range: Option<String>,
-    if_range: Option<String>,
-    if_none_match: Option<String>,
-    if_modified_since: Option<String>,
-}
-
-impl OwnedConditions {
-    fn from_headers(head: bool, h: &HeaderMap) -> Self {
-        let get =
-            |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        Self {
-            head,
-            range: get(header::RANGE),
-            if_range: get(header::IF_RANGE),
-            if_none_match: get(header::IF_NONE_MATCH),
-            if_modified_since: get(header::IF_MODIFIED_SINCE),
-        }
-    }
-    fn borrow(&self) -> Conditions<'_> {
-        Conditions {
-            range: self.range.as_deref(),
-            if_range: self.if_range.as_deref(),
-            if_none_match: self.if_none_match.as_deref(),
-            if_modified_since: self.if_modified_since.as_deref(),
-        }
-    }
-}
-
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     Stats::inc(&node.stats.requests);
+    let target = req.uri().to_string();
+    let fields = match respond::read_fields(
+        req.version() == Version::HTTP_11,
+        &target,
+        req.headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes())),
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = ServeError::BadHead(e);
+            tracing::debug!(target, error = %e, "request refused");
+            return e.response(&node.stats);
+        }
+    };
     let path = req.uri().path().to_string();
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
@@ -615,8 +921,13 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             r
         }
         _ => {
-            let conds = OwnedConditions::from_headers(head, req.headers());
-            match repo_request(&node, &path, conds).await {
+            let c = &fields.conditions;
+            let answer = if head {
+                head_request(&node, &path, c).await
+            } else {
+                repo_request(&node, &path, c).await
+            };
+            match answer {
                 Ok(r) => r,
                 Err(e) => {
                     if matches!(
@@ -640,10 +951,14 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+fn store_err(e: crate::store::StoreError) -> ServeError {
+    ServeError::Internal(e.to_string())
+}
+
 async fn repo_request(
     node: &Arc<Node>,
     raw: &str,
-    c: OwnedConditions,
+    c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
     let (repo, path) = paths::parse_request_path(raw)?;
     if node.cfg.repo(&repo).is_none() {
@@ -666,7 +981,8 @@ async fn repo_request(
                     modified: s.fetched_at,
                 },
                 &name,
-                &c,
+                c,
+                false,
             )
             .ok_or_else(|| {
                 ServeError::Internal(
@@ -695,18 +1011,18 @@ async fn repo_request(
                     modified: s.fetched_at,
                 },
                 &name,
-                &c,
+                c,
+                false,
             )
             .ok_or(ServeError::NotFound)
         }
         kind => {
             if let Some(hit) = stored_hit(node, &repo, &path)
-                && let Some(r) = serve_stored(node, &hit, &name, &c)
+                && let Some(r) = serve_stored(node, &hit, &name, c, false)
             {
                 return Ok(r);
             }
             let key = format!("{repo}/{path}");
-            let store_err = |e: crate::store::StoreError| ServeError::Internal(e.to_string());
             let entry = node.store.path_entry(&key).map_err(store_err)?;
             let expected = node.store.expected(&key).map_err(store_err)?;
             let pinned = pinned_by_snapshot(&path) && expected.is_some();
@@ -714,49 +1030,208 @@ async fn repo_request(
                 && !pinned
                 && let Some(e) = entry
             {
-                return revalidate(node, &repo, path, e, &c).await;
+                return revalidate(node, &repo, path, e, c).await;
             }
             // The same bytes may be stored under another path (e.g. /9/ and /9.6/).
-            if let Some(exp) = &expected
-                && let Some(blob) = node
-                    .store
-                    .blob_by_checksum(&exp.checksum)
-                    .map_err(store_err)?
-                && node.store.blob_path(&blob).exists()
+            if let Some(r) =
+                stored_elsewhere(node, &key, expected.as_ref(), &name, c, false, true).await?
             {
-                let now = now_secs();
-                let mut b = crate::store::Batch::new();
-                b.set_path(
-                    key,
-                    PathEntry {
-                        blob,
-                        checked_at: now,
-                        etag: None,
-                        last_modified: None,
-                    },
-                );
-                node.store.commit(b).await.map_err(store_err)?;
-                if let Some(r) = serve_stored(
-                    node,
-                    &Hit {
-                        blob,
-                        modified: now,
-                    },
-                    &name,
-                    &c,
-                ) {
-                    return Ok(r);
-                }
+                return Ok(r);
             }
             let t = node.fetcher.start(Item {
                 repo,
                 path,
-                expected,
+                expected: expected.clone(),
                 publish: true,
                 revalidate: None,
                 site: true,
             });
-            stream_transfer(node, t, &name, &c).await
+            stream_transfer(node, t, &name, c, expected.as_ref()).await
+        }
+    }
+}
+
+/// The bytes metadata names for `key`, when they are stored under another path: served, and
+/// (`link`) recorded under this path too.
+async fn stored_elsewhere(
+    node: &Arc<Node>,
+    key: &str,
+    expected: Option<&Expected>,
+    name: &str,
+    c: &Conditions<'_>,
+    head: bool,
+    link: bool,
+) -> Result<Option<Response<Body>>, ServeError> {
+    let Some(exp) = expected else {
+        return Ok(None);
+    };
+    let Some(blob) = node
+        .store
+        .blob_by_checksum(&exp.checksum)
+        .map_err(store_err)?
+    else {
+        return Ok(None);
+    };
+    if !node.store.blob_path(&blob).exists() {
+        return Ok(None);
+    }
+    let now = now_secs();
+    if link {
+        let mut b = crate::store::Batch::new();
+        b.set_path(
+            key.to_string(),
+            PathEntry {
+                blob,
+                checked_at: now,
+                etag: None,
+                last_modified: None,
+            },
+        );
+        node.store.commit(b).await.map_err(store_err)?;
+    }
+    Ok(serve_stored(
+        node,
+        &Hit {
+            blob,
+            modified: now,
+        },
+        name,
+        c,
+        head,
+    ))
+}
+
+/// A HEAD request. It never starts a download: it is answered from what is stored (even a
+/// copy due for a freshness check), else from metadata (the size `primary.xml` names), else
+/// by a HEAD request upstream.
+async fn head_request(
+    node: &Arc<Node>,
+    raw: &str,
+    c: &Conditions<'_>,
+) -> Result<Response<Body>, ServeError> {
+    let (repo, path) = paths::parse_request_path(raw)?;
+    if node.cfg.repo(&repo).is_none() {
+        return Err(ServeError::NotFound);
+    }
+    let name = path.file_name().to_string();
+    if let Some(hit) = stored_hit(node, &repo, &path)
+        && let Some(r) = serve_stored(node, &hit, &name, c, true)
+    {
+        return Ok(r);
+    }
+    let kind = path.kind();
+    match &kind {
+        PathKind::RepoMd { tree } | PathKind::RepoMdCompanion { tree, .. } => {
+            if let Some(s) = node
+                .store
+                .snapshot(&format!("{repo}/{tree}"))
+                .map_err(store_err)?
+            {
+                let blob = match &kind {
+                    PathKind::RepoMdCompanion { suffix, .. } => s
+                        .companions
+                        .iter()
+                        .find(|(x, _)| x == suffix)
+                        .and_then(|(_, b)| hash::parse_blob_id(b)),
+                    _ => hash::parse_blob_id(&s.repomd),
+                };
+                let Some(blob) = blob else {
+                    // The snapshot says the tree has no such companion.
+                    return Err(ServeError::NotFound);
+                };
+                let hit = Hit {
+                    blob,
+                    modified: s.fetched_at,
+                };
+                if let Some(r) = serve_stored(node, &hit, &name, c, true) {
+                    return Ok(r);
+                }
+            }
+        }
+        _ => {
+            let key = format!("{repo}/{path}");
+            if let Some(e) = node.store.path_entry(&key).map_err(store_err)? {
+                let hit = Hit {
+                    blob: e.blob,
+                    modified: e.checked_at,
+                };
+                if let Some(r) = serve_stored(node, &hit, &name, c, true) {
+                    return Ok(r);
+                }
+            }
+            let expected = node.store.expected(&key).map_err(store_err)?;
+            if let Some(r) =
+                stored_elsewhere(node, &key, expected.as_ref(), &name, c, true, false).await?
+            {
+                return Ok(r);
+            }
+            if let Some(exp) = &expected
+                && let Some(len) = exp.size
+            {
+                let info = FileInfo::with(len, metadata_etag(Some(exp)), now_secs(), &name);
+                return Ok(unstored_answer(&info, c));
+            }
+        }
+    }
+    let up = node
+        .fetcher
+        .upstream()
+        .head(&repo, &path)
+        .await
+        .map_err(|e| ServeError::Fetch(FetchError::Upstream(e)))?;
+    tracing::debug!(repo, path = %path, "HEAD answered from a HEAD upstream");
+    Ok(upstream_head_answer(&up, &name, c))
+}
+
+/// The ETag a file gets once stored, when metadata already says it: made of its SHA-256.
+fn metadata_etag(expected: Option<&Expected>) -> Option<String> {
+    expected
+        .filter(|e| e.checksum.algo == ChecksumAlgo::Sha256)
+        .map(|e| respond::etag(&e.checksum.digest))
+}
+
+/// The head of an answer about a file that is not stored (HEAD only: no body).
+fn unstored_answer(info: &FileInfo, c: &Conditions<'_>) -> Response<Body> {
+    let plan = respond::plan(c, info);
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::from_u16(plan.status()).unwrap_or(StatusCode::OK);
+    for (k, v) in respond::fields(&plan, info) {
+        if let Ok(v) = header::HeaderValue::from_str(&v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}
+
+/// What a HEAD upstream said, as our answer: its size and validators.
+fn upstream_head_answer(up: &HeadInfo, name: &str, c: &Conditions<'_>) -> Response<Body> {
+    let modified = up
+        .last_modified
+        .as_deref()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(now_secs, |d| d.as_secs());
+    match up.len {
+        Some(len) => unstored_answer(&FileInfo::with(len, up.etag.clone(), modified, name), c),
+        None => {
+            let mut r = Response::new(empty());
+            let h = r.headers_mut();
+            if let Ok(v) = header::HeaderValue::from_str(respond::content_type(name)) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            if let Some(v) = up
+                .etag
+                .as_deref()
+                .and_then(|v| header::HeaderValue::from_str(v).ok())
+            {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = header::HeaderValue::from_str(&httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + Duration::from_secs(modified),
+            )) {
+                h.insert(header::LAST_MODIFIED, v);
+            }
+            r
         }
     }
 }
@@ -767,7 +1242,7 @@ async fn revalidate(
     repo: &str,
     path: RepoPath,
     e: PathEntry,
-    c: &OwnedConditions,
+    c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
     let name = path.file_name().to_string();
     let key = format!("{repo}/{path}");
@@ -777,7 +1252,7 @@ async fn revalidate(
     };
     if node.fetcher.upstream().is_offline(repo) {
         Stats::inc(&node.stats.stale_served);
-        return serve_stored(node, &stale, &name, c).ok_or(ServeError::NotFound);
+        return serve_stored(node, &stale, &name, c, false).ok_or(ServeError::NotFound);
     }
     let t = node.fetcher.start(Item {
         repo: repo.to_string(),
@@ -798,10 +1273,7 @@ async fn revalidate(
                     ..e
                 },
             );
-            node.store
-                .commit(b)
-                .await
-                .map_err(|e| ServeError::Internal(e.to_string()))?;
+            node.store.commit(b).await.map_err(store_err)?;
             serve_stored(
                 node,
                 &Hit {
@@ -810,25 +1282,29 @@ async fn revalidate(
                 },
                 &name,
                 c,
+                false,
             )
             .ok_or(ServeError::NotFound)
         }
         Phase::Failed(err) if !err.is_not_found() => {
             Stats::inc(&node.stats.stale_served);
             tracing::debug!(repo, error = %err, "revalidation failed; serving the stored copy");
-            serve_stored(node, &stale, &name, c).ok_or(ServeError::Fetch(err))
+            serve_stored(node, &stale, &name, c, false).ok_or(ServeError::Fetch(err))
         }
-        _ => stream_transfer(node, t, &name, c).await,
+        _ => stream_transfer(node, t, &name, c, None).await,
     }
 }
 
 /// Answers from a running transfer: bytes as they arrive for a plain GET; ranged and
-/// conditional requests wait for the stored file.
+/// conditional requests wait for the stored file. The streamed answer carries the validators
+/// it can know now: the ETag the file will have once stored (from the SHA-256 metadata names),
+/// `Last-Modified` of now (when this node got it), and `Accept-Ranges`.
 async fn stream_transfer(
     node: &Arc<Node>,
     t: Arc<Transfer>,
     name: &str,
-    c: &OwnedConditions,
+    c: &Conditions<'_>,
+    expected: Option<&Expected>,
 ) -> Result<Response<Body>, ServeError> {
     let total = match t.started().await {
         Phase::Failed(e) => return Err(ServeError::Fetch(e)),
@@ -847,6 +1323,7 @@ async fn stream_transfer(
                     },
                     name,
                     c,
+                    false,
                 )
                 .ok_or_else(|| ServeError::Internal("stored file vanished".into()));
             }
@@ -859,7 +1336,6 @@ async fn stream_transfer(
     let body = t
         .reader(node.store.clone())
         .inspect_ok(move |b| Stats::add(&stats.bytes_served, b.len() as u64));
-    // HEAD: `handle` swaps the body for an empty one; the stream is never polled.
     let mut r = Response::new(stream_body(body));
     let h = r.headers_mut();
     if let Ok(v) = header::HeaderValue::from_str(respond::content_type(name)) {
@@ -867,6 +1343,16 @@ async fn stream_transfer(
     }
     if let Some(n) = total {
         h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+    }
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
+    if let Some(v) = metadata_etag(expected).and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = header::HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+        h.insert(header::LAST_MODIFIED, v);
     }
     Ok(r)
 }
@@ -876,35 +1362,46 @@ fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Bod
 }
 
 /// Answers from a stored blob; `None` when its file is gone (the caller treats that as a miss).
-fn serve_stored(node: &Node, hit: &Hit, name: &str, c: &OwnedConditions) -> Option<Response<Body>> {
+fn serve_stored(
+    node: &Node,
+    hit: &Hit,
+    name: &str,
+    c: &Conditions<'_>,
+    head: bool,
+) -> Option<Response<Body>> {
     let (file, info) = open_hit(node, hit, name)?;
-    let plan = respond::plan(&c.borrow(), &info);
-    let file = Arc::new(file);
-    let body = match &plan {
-        Plan::Full => stream_body(file_range(file, 0..info.len)),
-        Plan::Single(r) => stream_body(file_range(file, r.clone())),
-        Plan::Multi(rs) => {
-            let parts: Vec<_> = rs
-                .iter()
-                .map(|r| {
-                    let hdr = crate::range::part_header(BOUNDARY, info.content_type, r, info.len);
-                    futures_util::stream::once(async move { Ok(Bytes::from(hdr)) })
-                        .chain(file_range(file.clone(), r.clone()))
-                        .boxed()
-                })
-                .chain(std::iter::once(
-                    futures_util::stream::once(async {
-                        Ok(Bytes::from(crate::range::closing(BOUNDARY)))
+    let plan = respond::plan(c, &info);
+    let body = if head {
+        empty()
+    } else {
+        let file = Arc::new(file);
+        match &plan {
+            Plan::Full => stream_body(file_range(file, 0..info.len)),
+            Plan::Single(r) => stream_body(file_range(file, r.clone())),
+            Plan::Multi(rs) => {
+                let parts: Vec<_> = rs
+                    .iter()
+                    .map(|r| {
+                        let hdr =
+                            crate::range::part_header(BOUNDARY, info.content_type, r, info.len);
+                        futures_util::stream::once(async move { Ok(Bytes::from(hdr)) })
+                            .chain(file_range(file.clone(), r.clone()))
+                            .boxed()
                     })
-                    .boxed(),
-                ))
-                .collect();
-            stream_body(futures_util::stream::iter(parts).flatten())
+                    .chain(std::iter::once(
+                        futures_util::stream::once(async {
+                            Ok(Bytes::from(crate::range::closing(BOUNDARY)))
+                        })
+                        .boxed(),
+                    ))
+                    .collect();
+                stream_body(futures_util::stream::iter(parts).flatten())
+            }
+            Plan::NotModified | Plan::Unsatisfiable => empty(),
         }
-        Plan::NotModified | Plan::Unsatisfiable => empty(),
     };
     Stats::inc(&node.stats.hits);
-    if !c.head {
+    if !head {
         Stats::add(&node.stats.bytes_served, plan.body_len(&info));
     }
     node.store.touch(&hit.blob);
@@ -917,7 +1414,6 @@ fn serve_stored(node: &Node, hit: &Hit, name: &str, c: &OwnedConditions) -> Opti
     }
     Some(r)
 }
-
 /// A byte range of a file as a stream of chunks read on the blocking pool.
 fn file_range(
     file: Arc<File>,
@@ -952,3 +1448,41 @@ const DASHBOARD: &str = "<!doctype html><html><head><meta charset=utf-8><title>l
 <body><h1>lanmirror</h1><p>This node caches RPM repositories for the site. \
 Point dnf at <code>http://THIS-HOST:PORT/&lt;repo&gt;/…</code>.</p>\
 <p><a href=\"/api/status\">status (JSON)</a> · <a href=\"/metrics\">metrics (Prometheus)</a></p></body></html>\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits README.md states are the ones in the code.
+    #[test]
+    fn readme_states_the_limits_in_the_code() {
+        let readme = include_str!("../README.md");
+        let d = crate::config::HttpConfig::default();
+        for want in [
+            format!("**{} KiB** at most", MAX_HEAD / 1024),
+            format!("at most\n  **{MAX_HEADERS}** header fields"),
+            format!("(the URI) **{} KiB**", respond::MAX_URI / 1024),
+            format!(
+                "`http.idle_timeout_secs`\n  (**{} s**)",
+                d.idle_timeout_secs
+            ),
+            format!("`http.write_timeout_secs` (**{} s**)", d.write_timeout_secs),
+            format!("for up to **{} s**", LINGER.as_secs()),
+            format!("Up to {} ranges", crate::range::MAX_RANGES),
+            format!("| `http.write_timeout_secs` | `{}` |", d.write_timeout_secs),
+            format!("| `http.idle_timeout_secs` | `{}` |", d.idle_timeout_secs),
+            format!("| `http.max_connections` | `{}` |", d.max_connections),
+        ] {
+            assert!(readme.contains(&want), "README.md does not say {want:?}");
+        }
+        for net in crate::config::DEFAULT_ALLOW
+            .iter()
+            .filter(|n| !n.starts_with("127.") && **n != "::1/128")
+        {
+            assert!(
+                readme.contains(&format!("`{net}`")),
+                "README.md omits {net}"
+            );
+        }
+    }
+}

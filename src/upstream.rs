@@ -3,7 +3,8 @@
 //! mirror, Range resume with `If-Range`, conditional requests, and captive-portal detection.
 //!
 //! It hands back an open response; reading the body (and resuming when it breaks) is the
-//! `fetch` module's job. It never stores anything, and it treats an upstream error page as an
+//! `fetch` module's job. [`Upstream::head`] asks mirrors about a file with a HEAD request
+//! (no body crosses the uplink), for HEAD requests of files not stored. It never stores anything, and it treats an upstream error page as an
 //! error, never as content. It also remembers, per repo, when upstream was last unreachable, so
 //! a dead uplink costs one timeout per back-off period instead of one per request.
 
@@ -67,6 +68,14 @@ pub struct Ask {
 pub enum Opened {
     NotModified,
     Body(Box<Body>),
+}
+
+/// What a mirror said about a file in answer to a HEAD request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadInfo {
+    pub len: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 pub struct Upstream {
@@ -310,6 +319,69 @@ impl Upstream {
             return Err(UpstreamError::NotFound);
         }
         // Offline only when no mirror answered at all (the uplink, not one mirror).
+        self.mark(repo, answered);
+        Err(last_err)
+    }
+
+    /// Asks the mirrors of `repo`, in the order [`Upstream::open`] uses, about `path` with a
+    /// HEAD request: one attempt per mirror, no body. `NotFound` only when every mirror that
+    /// answered said 404.
+    pub async fn head(&self, repo: &str, path: &RepoPath) -> Result<HeadInfo, UpstreamError> {
+        let rc = self
+            .repos
+            .get(repo)
+            .ok_or_else(|| UpstreamError::UnknownRepo(repo.into()))?;
+        if self.is_offline(repo) {
+            return Err(UpstreamError::Offline);
+        }
+        let mut bases = self.bases(rc).await;
+        if let Ok(down) = self.mirror_down.lock() {
+            bases.sort_by_key(|b| down.get(b).is_some_and(|t| t.elapsed() < OFFLINE_BACKOFF));
+        }
+        let (mut not_found, mut answered) = (false, false);
+        let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
+        for base in &bases {
+            let url = join_url(base, path.as_str());
+            let resp = match self.client.head(&url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%url, error = %error_chain(&e), "upstream HEAD failed");
+                    last_err = UpstreamError::Unreachable(format!("{url}: {}", error_chain(&e)));
+                    self.mark_mirror(base, false);
+                    continue;
+                }
+            };
+            answered = true;
+            self.mark_mirror(base, true);
+            let h = resp.headers();
+            match resp.status() {
+                StatusCode::OK => {
+                    if looks_like_error_page(
+                        path,
+                        h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                    ) {
+                        last_err = UpstreamError::Html;
+                        continue;
+                    }
+                    self.mark(repo, true);
+                    return Ok(HeadInfo {
+                        len: header_str(h, header::CONTENT_LENGTH)
+                            .and_then(|v| v.trim().parse().ok()),
+                        etag: header_str(h, header::ETAG),
+                        last_modified: header_str(h, header::LAST_MODIFIED),
+                    });
+                }
+                StatusCode::NOT_FOUND | StatusCode::GONE => not_found = true,
+                s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                    last_err = UpstreamError::Busy(format!("{url}: {s}"));
+                }
+                s => last_err = UpstreamError::Status(s.as_u16()),
+            }
+        }
+        if not_found {
+            self.mark(repo, true);
+            return Err(UpstreamError::NotFound);
+        }
         self.mark(repo, answered);
         Err(last_err)
     }

@@ -80,6 +80,18 @@ pub fn try_http_request(
     extra_headers: &[(&str, &str)],
     timeout: Duration,
 ) -> io::Result<Response> {
+    try_http_request_from(None, method, url, extra_headers, timeout)
+}
+
+/// Like [`try_http_request`], connecting from the local address `src` when given (see
+/// [`super::raw::connect_from`]).
+pub fn try_http_request_from(
+    src: Option<std::net::IpAddr>,
+    method: &str,
+    url: &str,
+    extra_headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<Response> {
     let start = Instant::now();
     let deadline = start + timeout;
     let (hostport, path) = split_url(url)?;
@@ -87,7 +99,10 @@ pub fn try_http_request(
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::other(format!("cannot resolve {hostport}")))?;
-    let stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))?;
+    let stream = match src {
+        Some(ip) => super::raw::connect_from(ip, addr)?,
+        None => TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10)))?,
+    };
     stream.set_nodelay(true).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n");
     let has = |n: &str| extra_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));

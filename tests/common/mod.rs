@@ -21,6 +21,8 @@
 //!   `std::net::TcpStream` that reports truncated bodies (`complete == false`).
 //! * [`tmpfs`]: [`Tmpfs`], a small filesystem of the test's own for a node's data directory
 //!   (root only), and [`du`].
+//! * [`raw`]: [`RawConn`], exact bytes on a real connection (pipelining, bare LF, half-close)
+//!   and answers read one by one; [`connect_from`] a chosen loopback address.
 //! * [`netns`]: the real-LAN tier: [`Lan`], network namespaces on a bridge (root only), and
 //!   [`LanSite`], nodes in their own namespaces with an upstream behind a slow link.
 //!
@@ -33,6 +35,7 @@ pub mod hostile;
 pub mod http;
 pub mod netns;
 pub mod node;
+pub mod raw;
 pub mod rpm;
 pub mod tmpfs;
 pub mod upstream;
@@ -41,6 +44,7 @@ pub use dnf::{Dnf, DnfOutput};
 pub use http::{Response, http_get, http_request, try_http_request};
 pub use netns::{Host, Lan, LanNode, LanOpts, LanSite, Watchdog, in_netns};
 pub use node::{Node, NodeOpts, RepoCfg, free_port};
+pub use raw::{RawConn, RawResponse, connect_from};
 pub use rpm::{AdvisorySpec, BuiltPkg, PkgSpec, RpmRepo, build_cache, build_rpm, payload_bytes};
 pub use tmpfs::{Tmpfs, du};
 pub use upstream::{Logged, Upstream};

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::http::{Response, try_http_request};
+use super::http::{Response, try_http_request, try_http_request_from};
 
 /// How long [`Node::start`] waits for `/api/status` to answer 200.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -99,6 +99,10 @@ pub struct NodeOpts {
     /// (see [`super::netns::in_netns`]). Such a node gets `PR_SET_PDEATHSIG = SIGKILL`, so it
     /// must be started from a thread that outlives it (the test's own thread).
     pub netns: Option<String>,
+    /// The local address the kit's own requests (readiness, `get`, `status_json`) come from;
+    /// None = the kernel's choice (127.0.0.1). For a node whose `[http] allow` leaves out
+    /// 127.0.0.1.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for NodeOpts {
@@ -122,6 +126,7 @@ impl Default for NodeOpts {
             site: None,
             site_key_file: None,
             netns: None,
+            client_ip: None,
         }
     }
 }
@@ -520,7 +525,7 @@ impl Node {
         timeout: Duration,
     ) -> std::io::Result<Response> {
         match &self.opts.netns {
-            None => try_http_request(method, url, headers, timeout),
+            None => try_http_request_from(self.opts.client_ip, method, url, headers, timeout),
             Some(ns) => {
                 super::netns::in_netns(ns, || try_http_request(method, url, headers, timeout))
             }
