@@ -615,11 +615,12 @@ async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8], write_timeout: 
         return Fast::Broken(e);
     }
     if let Some(r) = body {
-        let n = r.end - r.start;
+        // Counted as it is handed to the kernel, like hyper's bodies are as they are produced:
+        // a client that has the last byte must never read a count without it.
+        Stats::add(&node.stats.bytes_served, r.end - r.start);
         if let Err(e) = sendfile_all(stream, &file, r, write_timeout).await {
             return Fast::Broken(e);
         }
-        Stats::add(&node.stats.bytes_served, n);
     }
     Fast::Served { keep_alive }
 }
