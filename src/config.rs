@@ -209,6 +209,9 @@ pub struct MetadataConfig {
     /// How long files of a replaced metadata snapshot stay listed as servable.
     #[serde(default = "default_retention")]
     pub old_snapshot_retention_secs: u64,
+    /// How often the node asks upstream for new metadata on its own, without a client asking
+    /// (inside `[uplink] background_hours`). Unset: every `freshness_secs`; 0: never.
+    pub scheduled_check_secs: Option<u64>,
 }
 
 impl Default for MetadataConfig {
@@ -216,6 +219,7 @@ impl Default for MetadataConfig {
         Self {
             freshness_secs: default_freshness(),
             old_snapshot_retention_secs: default_retention(),
+            scheduled_check_secs: None,
         }
     }
 }
@@ -226,6 +230,13 @@ impl MetadataConfig {
     }
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.old_snapshot_retention_secs)
+    }
+    /// How often to check upstream without a client asking; `None`: never.
+    pub fn scheduled_check(&self) -> Option<Duration> {
+        match self.scheduled_check_secs.unwrap_or(self.freshness_secs) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        }
     }
 }
 

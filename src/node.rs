@@ -38,6 +38,44 @@ fn load_budget(dir: &std::path::Path) -> Option<crate::uplink::BudgetState> {
     }
 }
 
+/// Asks upstream for new metadata of every tree this node serves, at the freshness interval and
+/// inside `[uplink] background_hours`, so a new snapshot (and the fixes it names) is at the site
+/// before any client asks. Runs until `stop` turns true.
+async fn refresh_metadata(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let Some(every) = node.cfg.metadata.scheduled_check() else {
+        return;
+    };
+    let fresh = node.snapshots.freshness();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let now = Now::system();
+        if !crate::uplink::in_windows(&node.cfg.uplink.background_hours, now.local.time()) {
+            continue;
+        }
+        let due: Vec<(String, String)> = node
+            .store
+            .snapshots()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, s)| needs_check(s.checked_at, now_secs(), fresh))
+            .filter_map(|(key, _)| {
+                let (repo, tree) = key.split_once('/')?;
+                node.cfg
+                    .repo(repo)
+                    .map(|_| (repo.to_string(), tree.to_string()))
+            })
+            .collect();
+        for (repo, tree) in due {
+            if let Err(e) = node.snapshots.current(&repo, &tree).await {
+                tracing::debug!(repo, tree, error = %e, "scheduled metadata check failed");
+            }
+        }
+    }
+}
+
 /// Tells every live peer this node's demand on the uplink, about once a second and at once
 /// when it changes, until `stop` turns true (see `uplink::share`).
 async fn announce(uplink: Arc<Uplink>, peers: Arc<Peers>, mut stop: watch::Receiver<bool>) {
@@ -228,6 +266,10 @@ impl Node {
                 shutdown.clone(),
             )),
         ];
+        chores.push(tokio::spawn(refresh_metadata(
+            self.clone(),
+            shutdown.clone(),
+        )));
         chores.push(tokio::spawn(announce(
             self.uplink.clone(),
             self.peers.clone(),

@@ -267,3 +267,62 @@ fn simple_named_metadata_follows_the_snapshot() {
         std::fs::read(site.repo.dir().join("repodata/primary.xml.gz")).unwrap()
     );
 }
+
+/// With no client asking, the node asks upstream for new metadata on its own every
+/// `scheduled_check_secs` (inside `[uplink] background_hours`), so a new snapshot is in service
+/// before anyone needs it. Outside the hours it does not.
+#[test]
+fn new_metadata_arrives_without_a_client_asking() {
+    let dir = temp();
+    let mut repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("lm-sched", "1.0", 30_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let mut o = NodeOpts::new(&up.url());
+    o.scheduled_check_secs = 1;
+    let node = Node::start(o);
+    // A second node whose background hours never include now (local time is UTC here unless
+    // TZ says otherwise; a one-minute window twelve hours away).
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        + 12)
+        % 24;
+    let mut q = NodeOpts::new(&up.url());
+    q.scheduled_check_secs = 1;
+    q.extra_toml = format!("[uplink]\nbackground_hours = [\"{hour:02}:00-{hour:02}:01\"]\n");
+    q.env.push(("TZ".into(), "UTC".into()));
+    let quiet = Node::start(q);
+    for n in [&node, &quiet] {
+        assert_eq!(n.get("/test/repodata/repomd.xml").status, 200);
+    }
+    let revision = |n: &Node| n.status_json()["repos"][0]["snapshots"][0]["revision"].clone();
+    let (before, quiet_before) = (revision(&node), revision(&quiet));
+    std::thread::sleep(Duration::from_millis(1100));
+    repo.add(&PkgSpec::new("lm-sched-new", "1.0", 30_000));
+    let new = std::fs::read(repo.repomd_path()).unwrap();
+    let arrived = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        revision(&node) != before
+    });
+    assert!(
+        arrived,
+        "no new snapshot without a client: {}\n{}",
+        node.status_json(),
+        node.log_tail(20)
+    );
+    assert_eq!(node.get("/test/repodata/repomd.xml").body, new);
+    let st = node.status_json();
+    assert_eq!(st["repos"][0]["snapshots"][0]["source"], "upstream", "{st}");
+    assert_eq!(st["repos"][0]["snapshots"][0]["stale"], false, "{st}");
+    // The package the new metadata names is served at once (its checksum is known).
+    node.assert_serves(&repo.package("lm-sched-new"));
+    assert_eq!(
+        revision(&quiet),
+        quiet_before,
+        "checked outside its hours: {}",
+        quiet.status_json()
+    );
+}

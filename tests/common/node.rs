@@ -66,6 +66,9 @@ impl RepoCfg {
 pub struct NodeOpts {
     pub repos: Vec<RepoCfg>,
     pub freshness_secs: u64,
+    /// `[metadata] scheduled_check_secs`: 0 (off) unless a test is about it, so upstream
+    /// request counts stay the clients' own.
+    pub scheduled_check_secs: u64,
     /// `[metadata] old_snapshot_retention_secs` (None = the node's default).
     pub retention_secs: Option<u64>,
     pub connect_timeout_secs: u64,
@@ -110,6 +113,7 @@ impl Default for NodeOpts {
         NodeOpts {
             repos: Vec::new(),
             freshness_secs: 2,
+            scheduled_check_secs: 0,
             retention_secs: None,
             connect_timeout_secs: 2,
             read_timeout_secs: 5,
@@ -158,7 +162,7 @@ impl NodeOpts {
         let mut t = format!(
             "[node]\ndata_dir = {}\nhttp_listen = {}\nquic_listen = {}\n{}\n\
              [discovery]\nmdns = {}\npeers = [{}]\n\n\
-             [metadata]\nfreshness_secs = {}\n{}\n\
+             [metadata]\nfreshness_secs = {}\nscheduled_check_secs = {}\n{}\n\
              [upstream]\nconnect_timeout_secs = {}\nread_timeout_secs = {}\nretries = {}\n",
             q(&data_dir.to_string_lossy()),
             q(&http_listen),
@@ -167,6 +171,7 @@ impl NodeOpts {
             self.mdns,
             list(&self.peers),
             self.freshness_secs,
+            self.scheduled_check_secs,
             self.retention_secs
                 .map(|r| format!("old_snapshot_retention_secs = {r}\n"))
                 .unwrap_or_default(),
