@@ -8,8 +8,8 @@
 //! ```
 //!
 //! - `quic`: two quinn endpoints on 127.0.0.1, each on its own 2-worker tokio runtime (like two
-//!   node processes), with lanmirror's own transport settings ([`transport_config`] with the
-//!   default `[quic]` section) and TLS configs ([`Identity::server_tls`]/[`client_tls`]: TLS 1.3,
+//!   node processes), with lanmirror's own transport settings ([`transport_config`] for the
+//!   dialler, [`server_transport_config`] for the listener, default `[quic]` section) and TLS configs ([`Identity::server_tls`]/[`client_tls`]: TLS 1.3,
 //!   mutual, ring). One connection; the receiving side opens one bi stream and sends a small
 //!   request, the other answers with `N` bytes written with `write_chunk` in 1 MiB pieces, then
 //!   finishes; the receiver reads with `read_chunk(256 KiB)` (what `Peers::body` does). Timed from
@@ -29,6 +29,7 @@
 //! it) it does a 1 MiB smoke run of `quic` and `tls` and exits.
 //!
 //! [`transport_config`]: lanmirror::peer::transport_config
+//! [`server_transport_config`]: lanmirror::peer::server_transport_config
 //! [`Identity::server_tls`]: lanmirror::peer::Identity::server_tls
 //! [`client_tls`]: lanmirror::peer::Identity::client_tls
 
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lanmirror::config::QuicConfig;
 use lanmirror::hash::MultiHasher;
-use lanmirror::peer::{Identity, transport_config};
+use lanmirror::peer::{Identity, server_transport_config, transport_config};
 use lanmirror::repodata::ChecksumAlgo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -285,8 +286,9 @@ fn endpoint(id: &Identity, bind: SocketAddr) -> Res<quinn::Endpoint> {
     )
     .map_err(|e| e.to_string())?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    sc.transport_config(Arc::new(transport_config(&QuicConfig::default())));
-    // Like a node: one endpoint that is both server and client.
+    // Like a node: the listener's settings (it only receives requests) and the dialler's
+    // (`transport_config`, which accepts no streams from the other side) on one endpoint.
+    sc.transport_config(Arc::new(server_transport_config(&QuicConfig::default())));
     quinn::Endpoint::server(sc, bind).map_err(|e| e.to_string())
 }
 

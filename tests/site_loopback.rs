@@ -593,6 +593,23 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 checksums: vec!["sha256:zz".into()],
             })
             .unwrap(),
+            // A repo of the same name with other upstream URLs: refused, for a download and a
+            // snapshot alike.
+            wire::encode(&wire::Request::Download {
+                repo: "test".into(),
+                upstream: "0000000000000000".into(),
+                path: "Packages/x.rpm".into(),
+                checksum: None,
+                size: None,
+                offset: 0,
+            })
+            .unwrap(),
+            wire::encode(&wire::Request::Snapshot {
+                repo: "test".into(),
+                upstream: "0000000000000000".into(),
+                tree: "".into(),
+            })
+            .unwrap(),
         ];
         for f in frames {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -636,6 +653,18 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
         answers[9],
         Ok(wire::Response::Holding { have: vec![false] })
     );
+    for i in [10, 11] {
+        match &answers[i] {
+            Ok(wire::Response::Error {
+                kind: wire::ErrorKind::BadRequest,
+                message,
+            }) => assert!(
+                message.contains("other upstream URLs"),
+                "frame {i}: {message}"
+            ),
+            other => panic!("frame {i}: {other:?}"),
+        }
+    }
     assert_eq!(up.requests().len(), 0, "nothing reached upstream");
     assert_eq!(node.get("/api/status").status, 200, "node still up");
 }
