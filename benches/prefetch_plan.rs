@@ -790,6 +790,7 @@ fn real_main() -> Res<()> {
             "--dir" => dir = Some(PathBuf::from(val(a)?)),
             // what `cargo bench` / `cargo test --all-targets` pass to a harness-less bench
             "--bench" | "--test" | "--nocapture" | "-q" | "--quiet" => {}
+            other if other.starts_with("--test-threads") => {}
             other if !other.starts_with('-') => {} // a test filter
             other => return Err(format!("unknown option {other}")),
         }
