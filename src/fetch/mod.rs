@@ -3,8 +3,8 @@
 //!
 //! A transfer writes into `partial/<key hash>.part` (with a `.meta` sidecar holding the
 //! upstream validators or the checksum), hashing as it goes. Readers follow the growing file,
-//! so memory does not grow with file size or client count. Its sources come in the order
-//! [`plan`] gives (bytes already held, a seed disk, a peer that holds the checksum, the site's
+//! so memory does not grow with file size or client count. Its sources (`source`) come in the
+//! order [`plan`] gives (bytes already held, a seed disk, a peer that holds the checksum, the site's
 //! downloader, upstream); what happens when one opens, breaks off, is too slow or sends bad
 //! bytes is decided by [`rules`] (a state machine without I/O); this module only carries its
 //! steps out: opening sources, writing the part file, publishing progress to readers, and at
@@ -28,12 +28,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::body::{Body, ByteStream};
-use crate::checksum::ChecksumAlgo;
 use crate::hash::{self, BlobId, MultiHasher};
 use crate::paths::{PathKind, RepoPath};
-use crate::peer::{ContentRef, Peer, Peers};
-use crate::seed::{SeedFile, Seeds};
+use crate::peer::{ContentRef, Peers};
+use crate::seed::Seeds;
 use crate::stats::Stats;
 use crate::store::{
     Batch, BlobMeta, Expected, PathEntry, Store, StoreError, check_expected, now_secs,
@@ -42,7 +40,10 @@ use crate::uplink::{self as link, Class, Uplink};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
 pub mod rules;
-use rules::{Blame, Kind, Next, Restart, Rules};
+mod source;
+use rules::{Next, Restart, Rules};
+use source::{OpenError, Pace, Source, Sources};
+pub use source::{Step, plan};
 
 /// Size of the pieces readers take from a growing file.
 const READ_CHUNK: usize = 256 * 1024;
@@ -161,148 +162,11 @@ struct PartMeta {
     checksum: Option<String>,
 }
 
-/// A step of the miss path, in order of preference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// A live peer that says it holds the checksum.
-    Holder,
-    /// The item's downloader at the site (when it is not this node).
-    Downloader,
-    /// A mounted bundle (`[seed] dirs`) holding the checksum.
-    Seed,
-    Upstream,
-}
-
-/// Where to look for an item, in order. `site`: peers may be asked (false for requests that
-/// came from a peer, and for files that change in place). Peers and seed directories are used
-/// only for files that never change once published and whose checksum this node's metadata
-/// names, of a type this build computes (`has_checksum`; never md5): their bytes must be
-/// checked against something they did not say ("nothing unverified is published"). A seed (a
-/// local disk) comes first.
-pub fn plan(site: bool, has_checksum: bool, immutable: bool, seeds: bool) -> Vec<Step> {
-    let mut v = Vec::new();
-    if immutable && has_checksum {
-        if seeds {
-            v.push(Step::Seed);
-        }
-        if site {
-            v.extend([Step::Holder, Step::Downloader]);
-        }
-    }
-    v.push(Step::Upstream);
-    v
-}
-
-/// A source chosen for a transfer.
-enum Source {
-    Holder(Peer),
-    Downloader(Peer),
-    Seed(SeedFile),
-    Upstream,
-    /// The part file already holds every byte (checked against metadata before it is used).
-    Held,
-}
-
 /// The metadata a part file of `written` bytes can be checked against as a whole file: only
 /// when metadata names the size, `written` is that size, and the checksum is one this build
 /// computes.
 fn held_whole(expected: Option<&Expected>, written: u64) -> Option<&Expected> {
     expected.filter(|e| written > 0 && e.size == Some(written) && hash::can_verify(e.checksum.algo))
-}
-
-/// The pace a peer source must keep during one attempt (see [`crate::peer::transfer_deadline`]).
-struct Pace {
-    start: tokio::time::Instant,
-    rate: u64,
-    /// Bytes the attempt has to deliver, when known: a fixed deadline. Unknown: each byte
-    /// received buys time at `rate`.
-    remaining: Option<u64>,
-    got: u64,
-}
-
-impl Pace {
-    fn deadline(&self) -> tokio::time::Instant {
-        let bytes = self.remaining.unwrap_or(self.got);
-        self.start + crate::peer::transfer_deadline(bytes, self.rate)
-    }
-
-    fn too_slow(&self) -> String {
-        format!(
-            "sent {} bytes{} in {} s, below the minimum of {} bytes/s",
-            self.got,
-            self.remaining
-                .map(|r| format!(" of {r}"))
-                .unwrap_or_default(),
-            self.start.elapsed().as_secs(),
-            self.rate
-        )
-    }
-}
-
-impl Source {
-    /// The slowest a source may send, for peers; `None` for upstream (its own timeouts and
-    /// retries apply) and seed directories (a local disk).
-    fn min_rate(&self) -> Option<u64> {
-        match self {
-            Source::Holder(_) => Some(crate::peer::HOLDER_MIN_RATE),
-            Source::Downloader(_) => Some(crate::peer::DOWNLOADER_MIN_RATE),
-            Source::Seed(_) | Source::Upstream | Source::Held => None,
-        }
-    }
-
-    /// How the transfer rules treat it.
-    fn rules_kind(&self) -> Kind {
-        match self {
-            Source::Upstream => Kind::Upstream,
-            _ => Kind::Other,
-        }
-    }
-
-    /// Where the bytes came from, in words for the log ("fetched from …").
-    fn origin(&self) -> &'static str {
-        match self {
-            Source::Holder(_) | Source::Downloader(_) => "the site",
-            Source::Seed(_) => "a seed directory",
-            Source::Upstream => "upstream",
-            Source::Held => "an earlier download",
-        }
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Holder(p) => write!(f, "peer {} (holder)", p.id),
-            Source::Downloader(p) => write!(f, "peer {} (the site's downloader)", p.id),
-            Source::Seed(s) => write!(f, "seed file {}", s.path.display()),
-            Source::Upstream => f.write_str("upstream"),
-            Source::Held => f.write_str("bytes held from an earlier download"),
-        }
-    }
-}
-
-/// A local file's bytes from `from` on, in [`READ_CHUNK`] pieces.
-async fn read_file(path: &std::path::Path, from: u64) -> Result<ByteStream, String> {
-    use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.seek(io::SeekFrom::Start(from))
-        .await
-        .map_err(|e| e.to_string())?;
-    let stream = futures_util::stream::unfold(Some(f), |f| async move {
-        let mut f = f?;
-        let mut buf = vec![0u8; READ_CHUNK];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some(f)))
-            }
-            Err(e) => Some((Err(e.to_string()), None)),
-        }
-    });
-    Ok(Box::pin(stream))
 }
 
 /// The file a transfer writes and what is known of its bytes so far.
@@ -422,9 +286,7 @@ pub enum Finished {
 
 pub struct Fetcher {
     store: Store,
-    upstream: Arc<Upstream>,
-    peers: Option<Arc<Peers>>,
-    seeds: Option<Arc<Seeds>>,
+    sources: Sources,
     stats: Arc<Stats>,
     retries: u32,
     inflight: Mutex<HashMap<String, Arc<Transfer>>>,
@@ -444,9 +306,11 @@ impl Fetcher {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            upstream,
-            peers,
-            seeds: seeds.filter(|s| !s.is_empty()),
+            sources: Sources {
+                upstream,
+                peers,
+                seeds: seeds.filter(|s| !s.is_empty()),
+            },
             stats,
             retries,
             inflight: Mutex::new(HashMap::new()),
@@ -455,15 +319,15 @@ impl Fetcher {
     }
 
     pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+        &self.sources.upstream
     }
 
     pub fn peers(&self) -> Option<&Arc<Peers>> {
-        self.peers.as_ref()
+        self.sources.peers.as_ref()
     }
 
     pub fn seeds(&self) -> Option<&Arc<Seeds>> {
-        self.seeds.as_ref()
+        self.sources.seeds.as_ref()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -632,18 +496,18 @@ impl Fetcher {
         let validated = meta.etag.is_some() || meta.last_modified.is_some();
         let mut rules = Rules::new(item.expected.is_some(), self.retries, p.written, validated);
         let mut steps = plan(
-            item.site && self.peers.is_some(),
+            item.site && self.sources.peers.is_some(),
             item.expected
                 .as_ref()
                 .is_some_and(|e| hash::can_verify(e.checksum.algo)),
             item.path.kind() == PathKind::Immutable,
-            self.seeds.is_some(),
+            self.sources.seeds.is_some(),
         )
         .into_iter();
         let mut source = if held {
             Source::Held
         } else {
-            self.next_source(item, &mut steps).await
+            self.sources.next(item, &mut steps).await
         };
         let want_size = item.expected.as_ref().and_then(|e| e.size);
 
@@ -653,31 +517,27 @@ impl Fetcher {
                 break (meta.etag.clone(), meta.last_modified.clone(), source);
             }
             rules.use_source(source.rules_kind(), source.to_string());
-            let opened = match &source {
-                Source::Upstream => {
-                    let ask = Ask {
-                        from: p.written,
-                        if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
-                        if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
-                        if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
-                    };
-                    self.upstream.open(&item.repo, &item.path, &ask).await
-                }
-                other => match self.open_other(item, other, p.written).await {
-                    Ok(b) => Ok(Opened::Body(b)),
-                    Err(e) => {
-                        tracing::info!(repo = %item.repo, path = %item.path, source = %source, error = %e, "could not get the file there; trying the next source");
-                        let step = rules.open_failed(e);
-                        self.restart(&mut p, tx, &rules, step.restart)
-                            .await
-                            .map_err(io_err)?;
-                        if let Next::OtherSource(blame) = step.next {
-                            self.blame(&source, &blame);
-                        }
-                        source = self.next_source(item, &mut steps).await;
-                        continue 'source;
+            let ask = Ask {
+                from: p.written,
+                if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
+                if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
+                if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
+            };
+            let opened = match self.sources.open(item, &source, &ask).await {
+                Ok(o) => Ok(o),
+                Err(OpenError::Upstream(e)) => Err(e),
+                Err(OpenError::Other(e)) => {
+                    tracing::info!(repo = %item.repo, path = %item.path, source = %source, error = %e, "could not get the file there; trying the next source");
+                    let step = rules.open_failed(e);
+                    self.restart(&mut p, tx, &rules, step.restart)
+                        .await
+                        .map_err(io_err)?;
+                    if let Next::OtherSource(blame) = step.next {
+                        self.sources.blame(&source, &blame);
                     }
-                },
+                    source = self.sources.next(item, &mut steps).await;
+                    continue 'source;
+                }
             };
             let body = match opened {
                 Ok(Opened::NotModified) => {
@@ -727,8 +587,8 @@ impl Fetcher {
             match step.next {
                 Next::Read => {}
                 Next::OtherSource(blame) => {
-                    self.blame(&source, &blame);
-                    source = self.next_source(item, &mut steps).await;
+                    self.sources.blame(&source, &blame);
+                    source = self.sources.next(item, &mut steps).await;
                     continue 'source;
                 }
                 other => return Err(self.fail(other, part, &meta_path)),
@@ -831,7 +691,7 @@ impl Fetcher {
             match step.next {
                 Next::Read => {}
                 Next::Install => {
-                    if self.is_peer(&source) {
+                    if source.is_peer() {
                         Stats::inc(&self.stats.from_peers);
                         tracing::debug!(repo = %item.repo, path = %item.path, source = %source, "verified bytes from the site");
                     }
@@ -842,8 +702,8 @@ impl Fetcher {
                 }
                 Next::OtherSource(blame) => {
                     tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "trying the next source");
-                    self.blame(&source, &blame);
-                    source = self.next_source(item, &mut steps).await;
+                    self.sources.blame(&source, &blame);
+                    source = self.sources.next(item, &mut steps).await;
                 }
                 fail @ Next::Fail { .. } => return Err(self.fail(fail, part, &meta_path)),
             }
@@ -887,54 +747,6 @@ impl Fetcher {
             last_modified,
             from: source.origin(),
         }))
-    }
-
-    /// The next source of the plan that can be used now (upstream at the latest).
-    async fn next_source(&self, item: &Item, steps: &mut std::vec::IntoIter<Step>) -> Source {
-        let sum = item.expected.as_ref().map(|e| &e.checksum);
-        for step in steps.by_ref() {
-            match (step, &self.peers, &self.seeds, sum) {
-                (Step::Seed, _, Some(seeds), Some(c)) if c.algo == ChecksumAlgo::Sha256 => {
-                    if let Some(f) = seeds.find(&c.digest) {
-                        return Source::Seed(f);
-                    }
-                }
-                (Step::Holder, Some(peers), _, Some(c)) => {
-                    if let Some(p) = peers.holder(&ContentRef::Sum(c.clone())).await {
-                        return Source::Holder(p);
-                    }
-                }
-                (Step::Downloader, Some(peers), _, _) => {
-                    if let Some(p) = peers.downloader_for(&item.key()) {
-                        return Source::Downloader(p);
-                    }
-                }
-                (Step::Upstream, ..) => return Source::Upstream,
-                _ => {}
-            }
-        }
-        Source::Upstream
-    }
-
-    /// A source other than upstream was left: a failure to deliver is noted; bad bytes or a
-    /// pace below the minimum put a peer aside; bad bytes from a seed are logged (its disk is
-    /// damaged).
-    fn blame(&self, s: &Source, blame: &Blame) {
-        match (s, &self.peers, blame) {
-            (Source::Holder(p) | Source::Downloader(p), Some(peers), Blame::BadBytes(why)) => {
-                peers.put_aside(p, why)
-            }
-            (Source::Holder(p) | Source::Downloader(p), Some(peers), Blame::TooSlow(why)) => {
-                peers.too_slow(p, why)
-            }
-            (Source::Holder(p) | Source::Downloader(p), Some(peers), Blame::Failed(why)) => {
-                peers.note_failure(p, why)
-            }
-            (Source::Seed(f), _, Blame::BadBytes(why)) => {
-                tracing::warn!(file = %f.path.display(), reason = %why, "a seed directory file failed verification (damaged disk?); not used");
-            }
-            _ => {}
-        }
     }
 
     /// Empties the part file as a step of the rules says, and tells readers (the new length,
@@ -981,52 +793,6 @@ impl Fetcher {
             }
             other => FetchError::Store(format!("transfer rules: unexpected step {other:?}")),
         }
-    }
-
-    fn is_peer(&self, s: &Source) -> bool {
-        matches!(s, Source::Holder(_) | Source::Downloader(_))
-    }
-
-    /// Opens a source other than upstream from byte `from`.
-    async fn open_other(
-        &self,
-        item: &Item,
-        source: &Source,
-        from: u64,
-    ) -> Result<Box<Body>, String> {
-        let sum = item
-            .expected
-            .as_ref()
-            .map(|e| ContentRef::Sum(e.checksum.clone()));
-        let (stream, total) = match (source, &self.peers, sum) {
-            (Source::Holder(p), Some(peers), Some(r)) => {
-                let b = peers.get(p, &r, from).await.map_err(|e| e.to_string())?;
-                (b.stream, b.total)
-            }
-            (Source::Downloader(p), Some(peers), _) => {
-                let b = peers
-                    .download(
-                        p,
-                        &item.repo,
-                        item.path.as_str(),
-                        item.expected.as_ref(),
-                        from,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                (b.stream, b.total)
-            }
-            (Source::Seed(f), ..) => (read_file(&f.path, from).await?, Some(f.size)),
-            _ => return Err("no such source".into()),
-        };
-        Ok(Box::new(Body {
-            stream,
-            resumed: true,
-            total,
-            etag: None,
-            last_modified: None,
-            url: source.to_string(),
-        }))
     }
 
     fn discard(&self, part: &PathBuf, meta: &PathBuf) {
@@ -1199,7 +965,7 @@ use std::io::Read as _;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checksum::Checksum;
+    use crate::checksum::{Checksum, ChecksumAlgo};
 
     #[test]
     fn peers_are_asked_only_for_checksummed_immutable_files() {
