@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::evict::{Limits, Policy};
 use crate::units::{Rate, Size};
-use crate::uplink::Window;
+use crate::window::Window;
 
 /// The documented default configuration, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/lanmirror.toml");

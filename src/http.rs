@@ -50,16 +50,36 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, Re
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::fetch::{FetchError, Finished, Item, Phase, Transfer};
+use crate::config::Config;
+use crate::fetch::{FetchError, Fetcher, Finished, Item, Phase, Transfer};
 use crate::hash::{self, BlobId};
-use crate::node::Node;
 use crate::paths::{self, PathError, PathKind, RepoPath};
 use crate::repodata::ChecksumAlgo;
 use crate::respond::{self, BOUNDARY, Conditions, FileInfo, HeadError, Plan};
-use crate::snapshot::{SnapshotError, needs_check};
+use crate::snapshot::{SnapshotError, Snapshots, needs_check};
 use crate::stats::Stats;
-use crate::store::{Expected, PathEntry, now_secs};
+use crate::store::{Expected, PathEntry, Store, now_secs};
 use crate::upstream::HeadInfo;
+
+/// What the HTTP layer needs of a node, and nothing more: the config, the store, metadata
+/// snapshots, the miss path, the counters, and the two reports. (`node` builds it; this module
+/// does not know how a node is wired.)
+pub struct Site {
+    pub cfg: Config,
+    pub store: Store,
+    pub snapshots: Arc<Snapshots>,
+    pub fetcher: Arc<Fetcher>,
+    pub stats: Arc<Stats>,
+    pub report: Arc<dyn Report>,
+}
+
+/// The node's own reports, rendered when asked for.
+pub trait Report: Send + Sync {
+    /// The `/api/status` document.
+    fn status(&self) -> serde_json::Value;
+    /// The `/metrics` page (Prometheus text format).
+    fn metrics(&self) -> String;
+}
 
 /// Largest request head (request line and header fields) accepted, on both paths.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -185,7 +205,7 @@ struct Limits {
 }
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: &mut watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, node: Arc<Site>, shutdown: &mut watch::Receiver<bool>) {
     let limit = Arc::new(Semaphore::new(node.cfg.http.max_connections));
     let allow = node.cfg.http.allow_list();
     let refusals = Arc::new(RefusalLog::default());
@@ -259,7 +279,7 @@ impl RefusalLog {
 }
 
 /// Answers a client outside `http.allow` with 403 at once (whatever it asks), then closes.
-async fn refuse(mut stream: TcpStream, node: &Node, limits: Limits) {
+async fn refuse(mut stream: TcpStream, node: &Site, limits: Limits) {
     let e = ServeError::Forbidden;
     Stats::inc(&node.stats.refused);
     let status = e.status();
@@ -314,7 +334,7 @@ struct Hit {
 
 /// Looks a path up in the store only (no upstream): a fresh snapshot file, a stored path, or
 /// a blob with the checksum metadata names for the path.
-fn stored_hit(node: &Node, repo: &str, path: &RepoPath) -> Option<Hit> {
+fn stored_hit(node: &Site, repo: &str, path: &RepoPath) -> Option<Hit> {
     match path.kind() {
         PathKind::RepoMd { tree } => {
             let s = node.snapshots.fresh(repo, &tree)?;
@@ -365,7 +385,7 @@ fn pinned_by_snapshot(path: &RepoPath) -> bool {
 
 /// Opens a stored blob. Its ETag is made of its SHA-256 (what metadata names, so a file
 /// streamed before it was stored carried the same ETag), else of its BLAKE3.
-fn open_hit(node: &Node, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
+fn open_hit(node: &Site, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
     let f = File::open(node.store.blob_path(&hit.blob)).ok()?;
     let len = f.metadata().ok()?.len();
     Some((
@@ -380,7 +400,7 @@ fn open_hit(node: &Node, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
 static ETAG_DIGESTS: Mutex<Option<HashMap<BlobId, [u8; 16]>>> = Mutex::new(None);
 const ETAG_DIGESTS_MAX: usize = 8192;
 
-fn etag_digest(node: &Node, blob: &BlobId) -> [u8; 16] {
+fn etag_digest(node: &Site, blob: &BlobId) -> [u8; 16] {
     if let Ok(m) = ETAG_DIGESTS.lock()
         && let Some(d) = m.as_ref().and_then(|m| m.get(blob))
     {
@@ -442,7 +462,7 @@ async fn read_head(
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, node: Arc<Node>, limits: Limits) {
+async fn connection(mut stream: TcpStream, peer: SocketAddr, node: Arc<Site>, limits: Limits) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let deadline = tokio::time::Instant::now() + limits.idle;
@@ -529,7 +549,7 @@ enum Fast {
     NotMine,
 }
 
-async fn fast_path(node: &Node, stream: &TcpStream, head: &[u8], write_timeout: Duration) -> Fast {
+async fn fast_path(node: &Site, stream: &TcpStream, head: &[u8], write_timeout: Duration) -> Fast {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -866,7 +886,7 @@ impl AsyncWrite for Io {
 
 // ---------------------------------------------------------------- hyper path
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(node: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
     Stats::inc(&node.stats.requests);
     let target = req.uri().to_string();
     let fields = match respond::read_fields(
@@ -899,7 +919,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         }
         "/api/status" => {
             let node2 = node.clone();
-            let body = tokio::task::spawn_blocking(move || node2.status().to_string())
+            let body = tokio::task::spawn_blocking(move || node2.report.status().to_string())
                 .await
                 .unwrap_or_else(|_| "{}".into());
             let mut r = Response::new(full(body));
@@ -911,7 +931,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         }
         "/metrics" => {
             let node2 = node.clone();
-            let body = tokio::task::spawn_blocking(move || node2.metrics())
+            let body = tokio::task::spawn_blocking(move || node2.report.metrics())
                 .await
                 .unwrap_or_default();
             let mut r = Response::new(full(body));
@@ -957,7 +977,7 @@ fn store_err(e: crate::store::StoreError) -> ServeError {
 }
 
 async fn repo_request(
-    node: &Arc<Node>,
+    node: &Arc<Site>,
     raw: &str,
     c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
@@ -1055,7 +1075,7 @@ async fn repo_request(
 /// The bytes metadata names for `key`, when they are stored under another path: served, and
 /// (`link`) recorded under this path too.
 async fn stored_elsewhere(
-    node: &Arc<Node>,
+    node: &Arc<Site>,
     key: &str,
     expected: Option<&Expected>,
     name: &str,
@@ -1106,7 +1126,7 @@ async fn stored_elsewhere(
 /// copy due for a freshness check), else from metadata (the size `primary.xml` names), else
 /// by a HEAD request upstream.
 async fn head_request(
-    node: &Arc<Node>,
+    node: &Arc<Site>,
     raw: &str,
     c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
@@ -1239,7 +1259,7 @@ fn upstream_head_answer(up: &HeadInfo, name: &str, c: &Conditions<'_>) -> Respon
 
 /// A mutable file whose stored copy is older than the freshness window.
 async fn revalidate(
-    node: &Arc<Node>,
+    node: &Arc<Site>,
     repo: &str,
     path: RepoPath,
     e: PathEntry,
@@ -1301,7 +1321,7 @@ async fn revalidate(
 /// it can know now: the ETag the file will have once stored (from the SHA-256 metadata names),
 /// `Last-Modified` of now (when this node got it), and `Accept-Ranges`.
 async fn stream_transfer(
-    node: &Arc<Node>,
+    node: &Arc<Site>,
     t: Arc<Transfer>,
     name: &str,
     c: &Conditions<'_>,
@@ -1364,7 +1384,7 @@ fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Bod
 
 /// Answers from a stored blob; `None` when its file is gone (the caller treats that as a miss).
 fn serve_stored(
-    node: &Node,
+    node: &Site,
     hit: &Hit,
     name: &str,
     c: &Conditions<'_>,

@@ -26,3 +26,4 @@ pub mod store;
 pub mod units;
 pub mod uplink;
 pub mod upstream;
+pub mod window;

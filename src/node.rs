@@ -76,6 +76,15 @@ async fn refresh_metadata(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+impl crate::http::Report for Node {
+    fn status(&self) -> serde_json::Value {
+        Node::status(self)
+    }
+    fn metrics(&self) -> String {
+        Node::metrics(self)
+    }
+}
+
 /// Tells every live peer this node's demand on the uplink, about once a second and at once
 /// when it changes, until `stop` turns true (see `uplink::share`).
 async fn announce(uplink: Arc<Uplink>, peers: Arc<Peers>, mut stop: watch::Receiver<bool>) {
@@ -304,7 +313,15 @@ impl Node {
                 }
             })
         };
-        crate::http::serve(listener, self.clone(), &mut shutdown).await;
+        let site = Arc::new(crate::http::Site {
+            cfg: self.cfg.clone(),
+            store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
+            fetcher: self.fetcher.clone(),
+            stats: self.stats.clone(),
+            report: self.clone(),
+        });
+        crate::http::serve(listener, site, &mut shutdown).await;
         let _ = flusher.await;
         for c in chores {
             let _ = tokio::time::timeout(Duration::from_secs(3), c).await;

@@ -69,7 +69,6 @@ mod bucket;
 mod budget;
 pub mod share;
 pub mod sim;
-mod window;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -77,10 +76,10 @@ use std::time::{Duration, Instant};
 use jiff::civil::{Date, DateTime};
 use serde::Serialize;
 
+pub use crate::window::{Window, WindowError, in_windows};
 pub use bucket::MAX_WAIT;
 pub use budget::{Budget, BudgetState, next_reset_after, period_start, reset_date};
 pub use share::{Announcement, Demand, Share};
-pub use window::{Window, WindowError, in_windows};
 
 use crate::config::UplinkConfig;
 use crate::units::Rate;
