@@ -434,7 +434,10 @@ impl Snapshots {
         let current = self.load(&key)?;
         if let Some(cur) = &current
             && (cur.repomd == hash::hex(&new.repomd)
-                || !self.replaces(Some(cur), &new.repomd).unwrap_or(false))
+                || !self
+                    .revision_of(&new.repomd)
+                    .and_then(|theirs| self.replaces(Some(cur), theirs.as_deref()))
+                    .unwrap_or(false))
         {
             return Ok(false);
         }
@@ -451,22 +454,28 @@ impl Snapshots {
         Ok(md.revision)
     }
 
-    /// Whether stored repomd.xml `offered`, which did not come from this node's upstream, may
-    /// replace `current`: its own revision (not what anyone claims) must be newer.
+    /// The `<revision>` inside the repomd.xml of snapshot `s` ("" when it names none).
+    fn served_revision(&self, s: &Snapshot) -> Result<String, SnapshotError> {
+        Ok(match hash::parse_blob_id(&s.repomd) {
+            Some(id) => self.revision_of(&id)?.unwrap_or_default(),
+            None => String::new(),
+        })
+    }
+
+    /// Whether a repomd.xml whose own `<revision>` is `theirs` (parsed from the file, not what
+    /// anyone claims), which did not come from this node's upstream, may replace `current`.
     fn replaces(
         &self,
         current: Option<&Snapshot>,
-        offered: &BlobId,
+        theirs: Option<&str>,
     ) -> Result<bool, SnapshotError> {
         let Some(cur) = current else {
             return Ok(true);
         };
-        let theirs = self.revision_of(offered)?.unwrap_or_default();
-        let ours = match hash::parse_blob_id(&cur.repomd) {
-            Some(id) => self.revision_of(&id)?.unwrap_or_default(),
-            None => String::new(),
-        };
-        Ok(revision_is_newer(&ours, &theirs))
+        Ok(revision_is_newer(
+            &self.served_revision(cur)?,
+            theirs.unwrap_or_default(),
+        ))
     }
 
     /// Stores (or checks) every file `new` names, then switches it in with one commit.
@@ -486,20 +495,20 @@ impl Snapshots {
             checked_at,
             origin,
         } = new;
+        let bytes = std::fs::read(self.store.blob_path(&repomd))
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        let md =
+            repodata::parse_repomd(&bytes).map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
         // Never back: what did not come from our own upstream must be newer by its own revision,
         // and only our own upstream moves the check time.
         let checked_at = if origin == Origin::Upstream {
             checked_at
         } else {
-            if !self.replaces(current.as_ref(), &repomd)? {
+            if !self.replaces(current.as_ref(), md.revision.as_deref())? {
                 return Err(SnapshotError::NotNewer);
             }
             current.as_ref().map_or(0, |c| c.checked_at)
         };
-        let bytes = std::fs::read(self.store.blob_path(&repomd))
-            .map_err(|e| SnapshotError::Store(e.to_string()))?;
-        let md =
-            repodata::parse_repomd(&bytes).map_err(|e| SnapshotError::BadRepomd(e.to_string()))?;
 
         let mut batch = Batch::new();
         let mut files = Vec::new();
@@ -713,11 +722,7 @@ impl Snapshots {
                 let r = peers.snapshot(&p, repo, tree).await;
                 (p, r)
             });
-        let ours = current.map(|c| {
-            hash::parse_blob_id(&c.repomd)
-                .and_then(|id| self.revision_of(&id).ok().flatten())
-                .unwrap_or_default()
-        });
+        let ours = current.map(|c| self.served_revision(c).unwrap_or_default());
         let mut offers = Vec::new();
         for (p, r) in futures_util::future::join_all(asks).await {
             match r {
@@ -774,7 +779,10 @@ impl Snapshots {
                         info.revision
                     ));
                 }
-                if !self.replaces(current, &id).map_err(|e| e.to_string())? {
+                if !self
+                    .replaces(current, rev.as_deref())
+                    .map_err(|e| e.to_string())?
+                {
                     return Err("its metadata is not newer than ours".into());
                 }
                 repomd = Some(id);
@@ -868,7 +876,10 @@ impl Snapshots {
                 companions.push((suffix.clone(), hash::hex(&f.blake3)));
             }
         }
-        if !self.replaces(current, &main.blake3).unwrap_or(false) {
+        let newer = self
+            .revision_of(&main.blake3)
+            .and_then(|theirs| self.replaces(current, theirs.as_deref()));
+        if !newer.unwrap_or(false) {
             return None;
         }
         tracing::info!(repo, tree, revision = %bs.revision, "taking metadata from a seed directory (upstream unreachable)");

@@ -253,14 +253,9 @@ impl Upstream {
         Ok(repodata::parse_mirrorlist(&body))
     }
 
-    /// Opens `path` of `repo`: mirrors in order, each retried with backoff on errors and 5xx;
-    /// a 404 moves straight to the next mirror; NotFound only when every mirror said so.
-    pub async fn open(
-        &self,
-        repo: &str,
-        path: &RepoPath,
-        ask: &Ask,
-    ) -> Result<Opened, UpstreamError> {
+    /// The base URLs of `repo` to try, in order: mirrors that failed recently go last (still
+    /// tried, but after the healthy ones). Fails fast while the repo's uplink is in back-off.
+    async fn mirrors_in_order(&self, repo: &str) -> Result<Vec<String>, UpstreamError> {
         let rc = self
             .repos
             .get(repo)
@@ -269,10 +264,21 @@ impl Upstream {
             return Err(UpstreamError::Offline);
         }
         let mut bases = self.bases(rc).await;
-        // Mirrors that failed recently go last: still tried, but after the healthy ones.
         if let Ok(down) = self.mirror_down.lock() {
             bases.sort_by_key(|b| down.get(b).is_some_and(|t| t.elapsed() < OFFLINE_BACKOFF));
         }
+        Ok(bases)
+    }
+
+    /// Opens `path` of `repo`: mirrors in order, each retried with backoff on errors and 5xx;
+    /// a 404 moves straight to the next mirror; NotFound only when every mirror said so.
+    pub async fn open(
+        &self,
+        repo: &str,
+        path: &RepoPath,
+        ask: &Ask,
+    ) -> Result<Opened, UpstreamError> {
+        let bases = self.mirrors_in_order(repo).await?;
         let mut not_found = false;
         let mut answered = false;
         let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
@@ -327,17 +333,7 @@ impl Upstream {
     /// HEAD request: one attempt per mirror, no body. `NotFound` only when every mirror that
     /// answered said 404.
     pub async fn head(&self, repo: &str, path: &RepoPath) -> Result<HeadInfo, UpstreamError> {
-        let rc = self
-            .repos
-            .get(repo)
-            .ok_or_else(|| UpstreamError::UnknownRepo(repo.into()))?;
-        if self.is_offline(repo) {
-            return Err(UpstreamError::Offline);
-        }
-        let mut bases = self.bases(rc).await;
-        if let Ok(down) = self.mirror_down.lock() {
-            bases.sort_by_key(|b| down.get(b).is_some_and(|t| t.elapsed() < OFFLINE_BACKOFF));
-        }
+        let bases = self.mirrors_in_order(repo).await?;
         let (mut not_found, mut answered) = (false, false);
         let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
         for base in &bases {

@@ -13,16 +13,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncSeekExt;
 
-use super::Item;
 use super::rules::{Blame, Kind};
+use super::{Item, READ_CHUNK};
 use crate::body::{Body, ByteStream};
 use crate::checksum::ChecksumAlgo;
 use crate::peer::{ContentRef, Peer, Peers};
 use crate::seed::{SeedFile, Seeds};
 use crate::upstream::{Ask, Opened, Upstream, UpstreamError};
-
-/// Size of the pieces a seed file is read in.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// A step of the miss path, in order of preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
