@@ -65,6 +65,10 @@ pub struct Config {
     /// Names of the repos with `pinned = true`: their files are never evicted.
     #[serde(skip)]
     pub pinned: Vec<String>,
+    /// Names of the repos with `mirror = true`: every package of their metadata is fetched as
+    /// background work, not only newer versions of what the site's clients used.
+    #[serde(skip)]
+    pub mirrored: Vec<String>,
 }
 
 /// `[store]`: how much disk the cache may take. See `evict` for the rules.
@@ -109,6 +113,10 @@ struct RepoEntry {
     /// Never evict this repo's files (they count against `max_size` all the same).
     #[serde(default)]
     pinned: bool,
+    /// Fetch every package of this repo as background work (the site wants all of it, e.g.
+    /// before going offline), not only updates of what its clients used.
+    #[serde(default)]
+    mirror: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +290,11 @@ pub struct UplinkConfig {
     /// The day of the month the budget period begins (1–31; in shorter months, their last day).
     #[serde(default = "default_budget_reset_day")]
     pub budget_reset_day: u8,
+    /// After a new metadata snapshot, newer versions of the packages the site's clients fetched
+    /// in this many days are fetched as background work (security fixes first). 0: none
+    /// (repos with `mirror = true` are still fetched whole).
+    #[serde(default = "default_prefetch_days")]
+    pub prefetch_days: u32,
 }
 
 impl Default for UplinkConfig {
@@ -291,6 +304,7 @@ impl Default for UplinkConfig {
             background_hours: Vec::new(),
             monthly_budget: None,
             budget_reset_day: default_budget_reset_day(),
+            prefetch_days: default_prefetch_days(),
         }
     }
 }
@@ -521,6 +535,9 @@ fn default_max_connections() -> usize {
 fn default_budget_reset_day() -> u8 {
     1
 }
+fn default_prefetch_days() -> u32 {
+    crate::prefetch::DEFAULT_PREFETCH_DAYS
+}
 fn default_write_timeout() -> u64 {
     60
 }
@@ -538,6 +555,9 @@ impl Config {
         for e in std::mem::take(&mut cfg.repo_entries) {
             if e.pinned {
                 cfg.pinned.push(e.name.clone());
+            }
+            if e.mirror {
+                cfg.mirrored.push(e.name.clone());
             }
             cfg.repos.push(RepoConfig {
                 name: e.name,
@@ -659,6 +679,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether repo `name` has `mirror = true`.
+    pub fn is_mirrored(&self, name: &str) -> bool {
+        self.mirrored.iter().any(|p| p == name)
     }
 
     /// Whether repo `name` has `pinned = true`.

@@ -1066,6 +1066,7 @@ async fn repo_request(
                 publish: true,
                 revalidate: None,
                 site: true,
+                class: crate::uplink::Class::Interactive,
             });
             stream_transfer(node, t, &name, c, expected.as_ref()).await
         }
@@ -1282,6 +1283,7 @@ async fn revalidate(
         publish: true,
         revalidate: Some((e.etag.clone(), e.last_modified.clone())),
         site: false,
+        class: crate::uplink::Class::Interactive,
     });
     match t.started().await {
         Phase::NotModified => {

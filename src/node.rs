@@ -135,6 +135,7 @@ pub struct Node {
     pub snapshots: Arc<Snapshots>,
     pub stats: Arc<Stats>,
     pub uplink: Arc<Uplink>,
+    pub prefetch: Arc<crate::prefetch::Queue>,
     pub started: Instant,
     http: std::sync::Mutex<Option<std::net::TcpListener>>,
     http_addr: SocketAddr,
@@ -216,6 +217,20 @@ impl Node {
             cfg.metadata.clone(),
             peers.site.has_key() || cfg.node.trust_lan,
         );
+        let prefetch = crate::prefetch::Queue::new(
+            crate::prefetch::Settings {
+                repos: cfg
+                    .repos
+                    .iter()
+                    .map(|r| (r.name.clone(), cfg.is_mirrored(&r.name)))
+                    .collect(),
+                days: cfg.uplink.prefetch_days,
+            },
+            store.clone(),
+            fetcher.clone(),
+            Some(peers.clone()),
+            uplink.clone(),
+        );
         Ok(Arc::new(Self {
             cfg,
             store,
@@ -224,6 +239,7 @@ impl Node {
             snapshots,
             stats,
             uplink,
+            prefetch,
             started: Instant::now(),
             http: std::sync::Mutex::new(Some(http)),
             http_addr,
@@ -279,6 +295,11 @@ impl Node {
             self.clone(),
             shutdown.clone(),
         )));
+        chores.push(tokio::spawn(
+            self.prefetch
+                .clone()
+                .run(self.snapshots.switches(), shutdown.clone()),
+        ));
         chores.push(tokio::spawn(announce(
             self.uplink.clone(),
             self.peers.clone(),
@@ -431,6 +452,8 @@ impl Node {
             "quic_listen": self.peers.quic_addr().to_string(),
             "peers": self.peers.status(),
             "uplink": self.uplink.lock().status(Now::system()),
+            "prefetch": self.prefetch.status(),
+            "advisories": self.prefetch.advisories(),
             "from_peers": Stats::get(&s.from_peers),
             "bytes_from_peers": Stats::get(&s.bytes_from_peers),
             "bytes_to_peers": Stats::get(&s.bytes_to_peers),

@@ -171,6 +171,8 @@ pub struct Snapshots {
     /// Whether a snapshot may be taken from another node when upstream cannot be reached:
     /// on a site with a key, or a keyless one that said it trusts its LAN (`[node] trust_lan`).
     from_site: bool,
+    /// Counts the snapshots switched in, so the prefetch queue learns of new metadata.
+    switched: tokio::sync::watch::Sender<u64>,
 }
 
 impl Snapshots {
@@ -190,7 +192,13 @@ impl Snapshots {
             failed: Mutex::new(HashMap::new()),
             stale_warned: Mutex::new(HashSet::new()),
             from_site,
+            switched: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Changes each time a new snapshot is switched in (any tree, any origin).
+    pub fn switches(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.switched.subscribe()
     }
 
     pub fn freshness(&self) -> Duration {
@@ -586,6 +594,7 @@ impl Snapshots {
             .commit(batch)
             .await
             .map_err(|e| SnapshotError::Store(e.to_string()))?;
+        self.switched.send_modify(|n| *n = n.wrapping_add(1));
         match origin {
             Origin::Upstream => {
                 tracing::info!(repo, tree, revision, "new metadata snapshot in service")
@@ -653,6 +662,7 @@ impl Snapshots {
             publish: false,
             revalidate: current.map(|s| (s.etag.clone(), s.last_modified.clone())),
             site: false,
+            class: crate::uplink::Class::Interactive,
         };
         let now = now_secs();
         let done = match self.fetcher.fetch(item).await.map_err(fetch_err(&path))? {
@@ -682,6 +692,7 @@ impl Snapshots {
                 publish: false,
                 revalidate: None,
                 site: false,
+                class: crate::uplink::Class::Interactive,
             };
             match self.fetcher.fetch(item).await {
                 Ok(Finished::Stored(d)) => {
@@ -944,6 +955,7 @@ impl Snapshots {
             publish: true,
             revalidate: None,
             site: true,
+            class: crate::uplink::Class::Interactive,
         };
         match self.fetcher.fetch(item).await {
             Ok(Finished::Stored(d)) => {

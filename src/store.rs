@@ -1023,6 +1023,13 @@ impl Store {
         }
     }
 
+    /// Whether `size` more bytes can be kept without evicting anything: background work
+    /// (prefetch) only fills room, it never makes the store evict.
+    pub fn room_for(&self, size: u64) -> bool {
+        self.limits()
+            .is_none_or(|(_, limits)| evict::fits(&limits, &self.usage_reserved(), size))
+    }
+
     fn limits(&self) -> Option<(&Policy, Limits)> {
         self.inner
             .policy

@@ -65,12 +65,6 @@ impl LoopSite {
     }
 }
 
-fn healthy_peers(n: &Node) -> usize {
-    n.status_json()["peers"]
-        .as_array()
-        .map_or(0, |a| a.iter().filter(|p| p["healthy"] == true).count())
-}
-
 fn stat(n: &Node, k: &str) -> u64 {
     n.status_json()[k].as_u64().unwrap_or(0)
 }
@@ -563,6 +557,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 checksum: None,
                 size: None,
                 offset: 0,
+                background: false,
             })
             .unwrap(),
             wire::encode(&wire::Request::Download {
@@ -572,6 +567,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 checksum: None,
                 size: None,
                 offset: 0,
+                background: false,
             })
             .unwrap(),
             wire::encode(&wire::Request::Download {
@@ -581,6 +577,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 checksum: None,
                 size: None,
                 offset: 0,
+                background: false,
             })
             .unwrap(),
             wire::encode(&wire::Request::Get {
@@ -602,6 +599,7 @@ fn hostile_peer_messages_get_errors_and_never_hurt_the_node() {
                 checksum: None,
                 size: None,
                 offset: 0,
+                background: false,
             })
             .unwrap(),
             wire::encode(&wire::Request::Snapshot {

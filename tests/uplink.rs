@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
@@ -58,28 +58,12 @@ fn three_nodes_share_the_cap() {
         .collect();
     let repo = RpmRepo::create(&dir.path().join("mirror"), &specs);
     let up = Upstream::start(repo.dir());
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let nodes: Vec<Node> = (0..3)
-        .map(|i| {
-            let mut o = NodeOpts::new(&up.url());
-            capped(&mut o);
-            o.quic_listen = format!("127.0.0.1:{}", ports[i]);
-            o.peers = ports
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, p)| format!("127.0.0.1:{p}"))
-                .collect();
-            Node::start(o)
-        })
-        .collect();
+    let nodes = static_site(3, |_| {
+        let mut o = NodeOpts::new(&up.url());
+        capped(&mut o);
+        o
+    });
     for n in &nodes {
-        let joined = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-            n.status_json()["peers"]
-                .as_array()
-                .is_some_and(|a| a.iter().filter(|p| p["healthy"] == true).count() == 2)
-        });
-        assert!(joined, "{}", n.status_json());
         assert_eq!(n.get("/test/repodata/repomd.xml").status, 200);
     }
     up.clear_log();

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -48,6 +49,11 @@ pub use source::{Step, plan};
 /// Size of the pieces readers take from a growing file.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Longest silence allowed from a peer sending background work: it paces by its own
+/// schedule (it may hold while a client of the site downloads), so no minimum rate applies,
+/// but a peer silent this long is left for the next source.
+const BACKGROUND_PEER_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Something to fetch.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -63,6 +69,10 @@ pub struct Item {
     /// Peers of the site may supply it (false when a peer asked us, so requests never
     /// travel in circles).
     pub site: bool,
+    /// Whether a client waits for it ([`Class::Interactive`]) or it is prefetch or mirroring
+    /// ([`Class::Background`]: its upstream bytes wait for the background hours, the budget and
+    /// every client download of the site). A client joining a background transfer promotes it.
+    pub class: Class,
 }
 
 impl Item {
@@ -94,6 +104,10 @@ pub enum FetchError {
     Store(String),
     #[error("transfer broke off and could not be resumed: {0}")]
     Interrupted(String),
+    /// Background work was told to stop for now (outside its hours, budget spent, or a client
+    /// waiting for long); what it received is kept and resumed later.
+    #[error("background work paused: {0:?}")]
+    Held(crate::uplink::Hold),
 }
 
 impl FetchError {
@@ -150,6 +164,9 @@ pub struct Transfer {
     pub key: String,
     part: PathBuf,
     rx: watch::Receiver<Phase>,
+    /// Set when a client waits for a transfer that began as background work: from its next
+    /// piece on it is paced as interactive.
+    promoted: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -235,13 +252,37 @@ impl Part {
     }
 }
 
+/// Longest a background transfer pauses its upstream stream for a client of the site; held
+/// longer (or held by the clock or the budget), it stops and resumes later from its part file,
+/// rather than keep a mirror's connection open (or let it time out) for nothing.
+const MAX_BACKGROUND_PAUSE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Waits until the uplink scheduler has granted `len` bytes, in slices of at most a second
 /// (so the upstream stream is never still for long: reqwest's read timeout restarts per
-/// piece, and TCP holds what we have not read yet).
-async fn wait_for_uplink(t: &link::Transfer, len: u64) {
+/// piece, and TCP holds what we have not read yet). A background transfer that a client
+/// joins meanwhile (`promoted`) asks as interactive from its next slice on. `Err`: a
+/// background transfer must stop for now (see [`MAX_BACKGROUND_PAUSE`]).
+async fn wait_for_uplink(
+    t: &mut link::Transfer,
+    len: u64,
+    promoted: &AtomicBool,
+) -> Result<(), link::Hold> {
     let mut left = len;
+    let mut held_since: Option<Instant> = None;
     while left > 0 {
+        if t.class() == Class::Background && promoted.load(Ordering::Relaxed) {
+            t.promote();
+        }
         let p = t.ask(left, link::Now::system());
+        match p.held {
+            Some(h) => {
+                let since = *held_since.get_or_insert_with(Instant::now);
+                if h != link::Hold::InteractiveBusy || since.elapsed() >= MAX_BACKGROUND_PAUSE {
+                    return Err(h);
+                }
+            }
+            None => held_since = None,
+        }
         let wait = if p.bytes == 0 && p.wait.is_zero() {
             std::time::Duration::from_millis(10)
         } else {
@@ -252,6 +293,7 @@ async fn wait_for_uplink(t: &link::Transfer, len: u64) {
         }
         left = left.saturating_sub(p.bytes);
     }
+    Ok(())
 }
 
 /// Tells readers what changed (the stream started, a new generation, another total);
@@ -343,6 +385,10 @@ impl Fetcher {
         };
         if let Some(t) = map.get(&key) {
             Stats::inc(&self.stats.joined);
+            if item.class == Class::Interactive && !t.promoted.swap(true, Ordering::Relaxed) {
+                tracing::info!(repo = %item.repo, path = %item.path,
+                    "a client asked for a file being prefetched: its download now goes first");
+            }
             return t.clone();
         }
         let t = self.spawn(item, key.clone());
@@ -354,16 +400,18 @@ impl Fetcher {
         let name = hash::hex(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
         let part = self.store.partial_dir().join(format!("{name}.part"));
         let (tx, rx) = watch::channel(Phase::Connecting);
+        let promoted = Arc::new(AtomicBool::new(item.class == Class::Interactive));
         let t = Arc::new(Transfer {
             key: key.clone(),
             part: part.clone(),
             rx,
+            promoted: promoted.clone(),
         });
         Stats::inc(&self.stats.misses);
         let me = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = me.run(&item, &part, &tx).await;
+            let result = me.run(&item, &part, &tx, &promoted).await;
             if let Ok(mut m) = me.inflight.lock() {
                 m.remove(&key);
             }
@@ -379,7 +427,10 @@ impl Fetcher {
                 }
                 Ok(Finished::NotModified) => Phase::NotModified,
                 Err(e) => {
-                    if e.is_uplink_down() {
+                    if let FetchError::Held(why) = e {
+                        tracing::info!(repo = %item.repo, path = %item.path, reason = ?why,
+                            "background download paused; what it received is kept and it resumes later");
+                    } else if e.is_uplink_down() {
                         tracing::debug!(repo = %item.repo, path = %item.path, error = %e, "upstream unreachable");
                     } else if !e.is_not_found() {
                         Stats::inc(&me.stats.upstream_errors);
@@ -404,6 +455,7 @@ impl Fetcher {
         item: &Item,
         part: &PathBuf,
         tx: &watch::Sender<Phase>,
+        promoted: &AtomicBool,
     ) -> Result<Finished, FetchError> {
         let meta_path = part.with_extension("meta");
         let also = item.expected.as_ref().map(|e| e.checksum.algo);
@@ -596,28 +648,52 @@ impl Fetcher {
             publish(tx, &mut rules);
 
             let from_upstream = matches!(source, Source::Upstream);
-            // Bytes from upstream go through the site's uplink scheduler: every transfer here
-            // has a client or a peer's client waiting (background work will say so).
-            let paced = self
+            // Bytes from upstream go through the site's uplink scheduler, in the transfer's
+            // class (interactive once a client waits for it).
+            let class = if promoted.load(Ordering::Relaxed) {
+                Class::Interactive
+            } else {
+                item.class
+            };
+            let mut paced = self
                 .uplink
                 .as_ref()
                 .filter(|_| from_upstream)
-                .map(|u| u.transfer(Class::Interactive));
+                .map(|u| u.transfer(class));
             let mut stream = body.stream;
+            // A peer sending background work paces by its own schedule: only a long silence
+            // counts against it; a client joining makes us ask it again as interactive.
+            let background_peer = matches!(source, Source::Downloader(_))
+                && item.class == Class::Background
+                && !promoted.load(Ordering::Relaxed);
             // A peer must keep a minimum pace (deadline from the size it has to send), or the
             // transfer goes on from the next source.
-            let mut pace = source.min_rate().map(|rate| Pace {
-                start: tokio::time::Instant::now(),
-                rate,
-                remaining: rules.total().map(|t| t.saturating_sub(p.written)),
-                got: 0,
-            });
+            let mut pace = source
+                .min_rate()
+                .filter(|_| !background_peer)
+                .map(|rate| Pace {
+                    start: tokio::time::Instant::now(),
+                    rate,
+                    remaining: rules.total().map(|t| t.saturating_sub(p.written)),
+                    got: 0,
+                });
             let step = loop {
                 let next = match &pace {
                     Some(pc) => match tokio::time::timeout_at(pc.deadline(), stream.next()).await {
                         Ok(n) => n,
                         Err(_) => break rules.too_slow(pc.too_slow()),
                     },
+                    None if background_peer => {
+                        match tokio::time::timeout(BACKGROUND_PEER_IDLE, stream.next()).await {
+                            Ok(n) => n,
+                            Err(_) => {
+                                break rules.too_slow(format!(
+                                    "sent nothing for {} s",
+                                    BACKGROUND_PEER_IDLE.as_secs()
+                                ));
+                            }
+                        }
+                    }
                     None => stream.next().await,
                 };
                 let chunk = match next {
@@ -641,8 +717,14 @@ impl Fetcher {
                 if let Some(pc) = &mut pace {
                     pc.got += chunk.len() as u64;
                 }
-                if let Some(t) = &paced {
-                    wait_for_uplink(t, chunk.len() as u64).await;
+                if background_peer && promoted.load(Ordering::Relaxed) {
+                    // Keep nothing of this piece: the source is asked again from p.written.
+                    break rules.promoted();
+                }
+                if let Some(t) = &mut paced
+                    && let Err(hold) = wait_for_uplink(t, chunk.len() as u64, promoted).await
+                {
+                    break rules.held(hold);
                 }
                 if p.written == 0 {
                     let check = upstream::check_first_bytes(&item.path, &chunk);
@@ -720,7 +802,13 @@ impl Fetcher {
         let _ = std::fs::remove_file(&meta_path);
         let now = now_secs();
         let mut batch = Batch::new();
-        batch.put_blob(BlobMeta::from_digests(&digests, now));
+        let mut blob = BlobMeta::from_digests(&digests, now);
+        if !promoted.load(Ordering::Relaxed) {
+            // Stored by background work that no client joined: never used yet (see
+            // `prefetch::queue`). A client's fetch later sets the time.
+            blob.last_access = 0;
+        }
+        batch.put_blob(blob);
         if item.publish {
             batch.set_path(
                 item.key(),

@@ -325,6 +325,22 @@ impl Rules {
         }
     }
 
+    /// A client now waits for a transfer that a peer was sending as background work: ask the
+    /// same source again, from where it is, as interactive (so the peer hurries too). Nothing
+    /// is wrong with the bytes held.
+    pub fn promoted(&mut self) -> Step {
+        Step::next(Next::Resume)
+    }
+
+    /// Background work must stop for now: keep what was received (the next attempt resumes
+    /// from it) and end the transfer.
+    pub fn held(&mut self, why: crate::uplink::Hold) -> Step {
+        Step::next(Next::Fail {
+            error: FetchError::Held(why),
+            keep_part: true,
+        })
+    }
+
     /// The body ended cleanly: `Some` step when it ended short of its length (a break),
     /// `None` when the bytes are ready to be verified.
     pub fn ended(&mut self) -> Option<Step> {

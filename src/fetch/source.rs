@@ -266,6 +266,7 @@ impl Sources {
                         item.path.as_str(),
                         item.expected.as_ref(),
                         from,
+                        item.class,
                     )
                     .await
                     .map_err(|e| e.to_string())?;

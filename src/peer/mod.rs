@@ -976,6 +976,7 @@ impl Peers {
         path: &str,
         expected: Option<&crate::store::Expected>,
         offset: u64,
+        class: crate::uplink::Class,
     ) -> Result<PeerBody, PeerError> {
         let req = Request::Download {
             repo: repo.into(),
@@ -984,6 +985,7 @@ impl Peers {
             checksum: expected.map(|e| ContentRef::Sum(e.checksum.clone()).text()),
             size: expected.and_then(|e| e.size),
             offset,
+            background: class == crate::uplink::Class::Background,
         };
         let (resp, recv) = self.ask(peer, &req, DOWNLOAD_ANSWER_TIMEOUT).await?;
         match resp {

@@ -34,6 +34,7 @@ use crate::paths::{PathKind, RepoPath};
 use crate::snapshot::Snapshots;
 use crate::stats::Stats;
 use crate::store::Store;
+use crate::uplink::Class;
 
 /// How long a connecting node has for the handshake and for its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -380,11 +381,22 @@ async fn stream(
             checksum,
             size,
             offset,
+            background,
         } => match local.same_upstream(&repo, &upstream) {
             Ok(()) => {
-                return local
-                    .download(send, repo, path, checksum, size, offset)
-                    .await;
+                let ask = DownloadAsk {
+                    repo,
+                    path,
+                    checksum,
+                    size,
+                    offset,
+                    class: if background {
+                        Class::Background
+                    } else {
+                        Class::Interactive
+                    },
+                };
+                return local.download(send, ask).await;
             }
             Err(answer) => answer,
         },
@@ -412,6 +424,17 @@ fn holds(store: &Store, text: &str) -> Option<BlobId> {
         ContentRef::Sum(c) => store.blob_by_checksum(&c).ok()??,
     };
     store.blob_path(&blob).exists().then_some(blob)
+}
+
+/// The fields of a `Download` request, as this node serves it.
+struct DownloadAsk {
+    repo: String,
+    path: String,
+    checksum: Option<String>,
+    size: Option<u64>,
+    offset: u64,
+    /// Background when the asker prefetches: this node's transfer then waits its turn.
+    class: Class,
 }
 
 impl Local {
@@ -506,15 +529,15 @@ impl Local {
 
     /// `Download`: as this item's downloader, obtain it (store, a running transfer, or upstream) and
     /// stream it as it arrives.
-    async fn download(
-        &self,
-        mut send: quinn::SendStream,
-        repo: String,
-        path: String,
-        checksum: Option<String>,
-        size: Option<u64>,
-        offset: u64,
-    ) -> Result<(), String> {
+    async fn download(&self, mut send: quinn::SendStream, ask: DownloadAsk) -> Result<(), String> {
+        let DownloadAsk {
+            repo,
+            path,
+            checksum,
+            size,
+            offset,
+            class,
+        } = ask;
         let bad = |m: String| error(ErrorKind::BadRequest, m);
         let checked = (|| {
             if self.cfg.repo(&repo).is_none() {
@@ -564,6 +587,7 @@ impl Local {
             publish: true,
             revalidate: None,
             site: false,
+            class,
         });
         let total = match t.started().await {
             Phase::Failed(e) => {

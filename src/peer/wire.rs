@@ -52,6 +52,11 @@ pub enum Request {
         checksum: Option<String>,
         size: Option<u64>,
         offset: u64,
+        /// Nobody waits for it (prefetch or mirroring): the downloader fetches it as background
+        /// work (inside its background hours, under the budget, after every client download).
+        /// Asking again without it promotes the download.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        background: bool,
     },
     /// The peer's current metadata snapshot of a repository tree (asked only by a node that
     /// cannot reach upstream itself). `upstream` as for [`Request::Download`].
@@ -309,6 +314,16 @@ mod tests {
             checksum: None,
             size: Some(3),
             offset: 0,
+            background: false,
+        });
+        roundtrip(Request::Download {
+            repo: "test".into(),
+            upstream: "0123456789abcdef".into(),
+            path: "Packages/a.rpm".into(),
+            checksum: Some("sha256:00".into()),
+            size: None,
+            offset: 7,
+            background: true,
         });
         roundtrip(Request::Snapshot {
             repo: "r".into(),
@@ -390,6 +405,7 @@ mod tests {
             checksum: Some("sha256:ab".into()),
             size: None,
             offset: 0,
+            background: true,
         })
         .unwrap();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -308,6 +308,15 @@ impl Scheduler {
         }
     }
 
+    /// Why background work may not start now (the most lasting reason), or `None` when it may.
+    /// A prefetch queue asks this before it opens a transfer, so that nothing is opened upstream
+    /// only to be held.
+    pub fn background_hold(&mut self, now: Now) -> Option<Hold> {
+        self.budget.roll(now.local.date());
+        let view = self.peers.view(now.mono);
+        self.holds(now, &view).first().copied()
+    }
+
     /// An announcement from the peer with node id `peer` arrived at `now` (`Instant::now()`
     /// when it is received).
     pub fn heard(&mut self, peer: &str, ann: Announcement, now: Instant) {
@@ -514,6 +523,21 @@ impl Transfer {
 
     pub fn class(&self) -> Class {
         self.class
+    }
+
+    /// A client now waits for this transfer (it joined a prefetch): it counts as interactive
+    /// demand from here on.
+    pub fn promote(&mut self) {
+        if self.class == Class::Interactive {
+            return;
+        }
+        {
+            let mut s = self.uplink.lock();
+            s.end(self.class);
+            s.begin(Class::Interactive);
+        }
+        self.class = Class::Interactive;
+        self.uplink.changed.notify_one();
     }
 }
 

@@ -371,3 +371,51 @@ fn status_is_json_for_api_status() {
     assert_eq!(v["budget"]["period_start"], "2026-01-01");
     assert_eq!(v["budget"]["resets_on"], "2026-02-01");
 }
+
+#[test]
+fn background_hold_says_why_a_prefetch_may_not_start() {
+    let c = Clock::new();
+    let mut s = Scheduler::new(
+        &cfg("background_hours = ['22:00-06:00']\nmonthly_budget = '1 MiB'"),
+        None,
+        c.at(0.0, noon()),
+    );
+    let night = date(2026, 1, 15).at(23, 30, 0, 0);
+    assert_eq!(
+        s.background_hold(c.at(0.0, noon())),
+        Some(Hold::OutsideWindow)
+    );
+    assert_eq!(s.background_hold(c.at(0.0, night)), None);
+    s.begin(Class::Interactive);
+    assert_eq!(
+        s.background_hold(c.at(0.0, night)),
+        Some(Hold::InteractiveBusy)
+    );
+    s.end(Class::Interactive);
+    // spend the budget (interactive bytes count too), then it holds until the reset
+    let _ = s.ask(Class::Interactive, 2 << 20, c.at(0.0, night));
+    assert_eq!(s.background_hold(c.at(1.0, night)), Some(Hold::BudgetSpent));
+    let next_month = date(2026, 2, 1).at(23, 0, 0, 0);
+    assert_eq!(s.background_hold(c.at(2.0, next_month)), None);
+}
+
+#[test]
+fn a_promoted_transfer_counts_as_interactive_from_then_on() {
+    let c = Clock::new();
+    let u = Uplink::new(Scheduler::new(&cfg(""), None, c.at(0.0, noon())));
+    let mut t = u.transfer(Class::Background);
+    assert_eq!(u.lock().active, [0, 1]);
+    assert_eq!(u.lock().background_hold(c.at(0.0, noon())), None);
+    t.promote();
+    assert_eq!(t.class(), Class::Interactive);
+    assert_eq!(u.lock().active, [1, 0]);
+    // other background work now waits for it
+    assert_eq!(
+        u.lock().background_hold(c.at(0.0, noon())),
+        Some(Hold::InteractiveBusy)
+    );
+    t.promote(); // twice is once
+    assert_eq!(u.lock().active, [1, 0]);
+    drop(t);
+    assert_eq!(u.lock().active, [0, 0]);
+}

@@ -43,7 +43,7 @@ pub mod upstream;
 pub use dnf::{Dnf, DnfOutput};
 pub use http::{Response, http_get, http_request, try_http_request};
 pub use netns::{Host, Lan, LanNode, LanOpts, LanSite, Watchdog, in_netns};
-pub use node::{Node, NodeOpts, RepoCfg, free_port};
+pub use node::{Node, NodeOpts, RepoCfg, free_port, healthy_peers, static_site};
 pub use raw::{RawConn, RawResponse, connect_from};
 pub use rpm::{AdvisorySpec, BuiltPkg, PkgSpec, RpmRepo, build_cache, build_rpm, payload_bytes};
 pub use tmpfs::{Tmpfs, du};

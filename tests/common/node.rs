@@ -673,3 +673,41 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> ProcOutput {
         elapsed: start.elapsed(),
     }
 }
+
+/// How many peers `n`'s `/api/status` counts healthy.
+pub fn healthy_peers(n: &Node) -> usize {
+    n.status_json()["peers"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|p| p["healthy"] == true).count())
+}
+
+/// Starts `n` nodes of one site on loopback, each with every other's QUIC port as a static peer
+/// (`make(i)` gives node `i`'s options; its `quic_listen` and `peers` are set here), and waits
+/// until every node counts all the others healthy.
+pub fn static_site(n: usize, make: impl Fn(usize) -> NodeOpts) -> Vec<Node> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let mut o = make(i);
+            o.quic_listen = format!("127.0.0.1:{}", ports[i]);
+            o.peers = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("127.0.0.1:{p}"))
+                .collect();
+            Node::start(o)
+        })
+        .collect();
+    for node in &nodes {
+        let joined = super::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            healthy_peers(node) == n - 1
+        });
+        assert!(
+            joined,
+            "the site's nodes did not find each other: {}",
+            node.log_tail(30)
+        );
+    }
+    nodes
+}

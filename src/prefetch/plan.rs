@@ -433,38 +433,61 @@ pub fn advisory_status(input: &PlanInput<'_>) -> Vec<AdvisoryStatus> {
 /// The site's use from what its clients fetched: `fetched` yields (href relative to the
 /// repository root, last fetch time in unix seconds), e.g. from the store's paths of one
 /// repo tree; `packages` says which package each href is (the primary those fetches came
-/// from; chain the old and the new one when unsure). Hrefs no package names are skipped.
-/// One [`SiteUse`] per (name, arch), with the latest time and the newest EVR fetched.
+/// from). An href primary does not name (a version the new metadata dropped) is read as an
+/// RPM file name, `name-version-release.arch.rpm` ([`nevra_from_href`]); anything else is
+/// skipped. One [`SiteUse`] per (name, arch), with the latest time and the newest EVR fetched.
 pub fn usage_from_fetches<'a>(
     packages: &[PrimaryPackage],
     fetched: impl IntoIterator<Item = (&'a str, u64)>,
 ) -> Vec<SiteUse> {
     let by_href: HashMap<&str, &PrimaryPackage> =
         packages.iter().map(|p| (p.href.as_str(), p)).collect();
-    let mut merged: HashMap<Key<'_>, (u64, &Evr)> = HashMap::new();
+    let mut merged: HashMap<(String, String), (u64, Evr)> = HashMap::new();
     for (href, when) in fetched {
-        let Some(p) = by_href.get(href) else { continue };
-        merged
-            .entry((p.name.as_str(), p.arch.as_str()))
-            .and_modify(|(t, e)| {
+        let (name, arch, evr) = match by_href.get(href) {
+            Some(p) => (p.name.clone(), p.arch.clone(), p.evr.clone()),
+            None => match nevra_from_href(href) {
+                Some(n) => n,
+                None => continue,
+            },
+        };
+        match merged.entry((name, arch)) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let (t, e) = o.get_mut();
                 *t = (*t).max(when);
-                if p.evr.newer_than(e) {
-                    *e = &p.evr;
+                if evr.newer_than(e) {
+                    *e = evr;
                 }
-            })
-            .or_insert((when, &p.evr));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((when, evr));
+            }
+        }
     }
     let mut out: Vec<SiteUse> = merged
         .into_iter()
         .map(|((name, arch), (last_used, evr))| SiteUse {
-            name: name.to_owned(),
-            arch: arch.to_owned(),
+            name,
+            arch,
             last_used,
-            evr: Some(evr.clone()),
+            evr: Some(evr),
         })
         .collect();
     out.sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
     out
+}
+
+/// Name, arch and EVR from an RPM file name, `…/name-version-release.arch.rpm` (the epoch is
+/// not in file names: 0). `None` for anything else (source packages included).
+pub fn nevra_from_href(href: &str) -> Option<(String, String, Evr)> {
+    let file = href.rsplit('/').next()?.strip_suffix(".rpm")?;
+    let (nvr, arch) = file.rsplit_once('.')?;
+    let (nv, release) = nvr.rsplit_once('-')?;
+    let (name, version) = nv.rsplit_once('-')?;
+    if [name, version, release, arch].iter().any(|s| s.is_empty()) || arch == "src" {
+        return None;
+    }
+    Some((name.into(), arch.into(), Evr::new(0, version, release)))
 }
 
 #[cfg(test)]
@@ -1148,6 +1171,45 @@ mod tests {
             ]
         );
         assert!(usage_from_fetches(&packages, []).is_empty());
+
+        // a version the new primary dropped is read from its file name
+        let got = usage_from_fetches(
+            &packages[3..],
+            [("Packages/o/openssl-libs-3.0.7-27.el9.x86_64.rpm", 7)],
+        );
+        assert_eq!(
+            got,
+            [SiteUse {
+                name: "openssl-libs".into(),
+                arch: "x86_64".into(),
+                last_used: 7,
+                evr: Some(Evr::new(0, "3.0.7", "27.el9")),
+            }]
+        );
+    }
+
+    #[test]
+    fn rpm_file_names() {
+        let n = |h: &str| nevra_from_href(h).map(|(n, a, e)| (n, a, e.version, e.release));
+        let s = |a: &str, b: &str, c: &str, d: &str| Some((a.into(), b.into(), c.into(), d.into()));
+        assert_eq!(
+            n("Packages/b/bash-5.1.8-9.el9.x86_64.rpm"),
+            s("bash", "x86_64", "5.1.8", "9.el9")
+        );
+        assert_eq!(
+            n("a-b-c-1.0-1.noarch.rpm"),
+            s("a-b-c", "noarch", "1.0", "1")
+        );
+        for bad in [
+            "repodata/repomd.xml",
+            "x.rpm",
+            "a-1.noarch.rpm",
+            "a-1-2.src.rpm",
+            "-1-2.x86_64.rpm",
+            "a-1-.x86_64.rpm",
+        ] {
+            assert_eq!(n(bad), None, "{bad}");
+        }
     }
 
     #[test]
