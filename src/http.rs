@@ -71,6 +71,8 @@ pub struct Site {
     pub fetcher: Arc<Fetcher>,
     pub stats: Arc<Stats>,
     pub report: Arc<dyn Report>,
+    /// The bundle commands on a running node (`/api/bundle/…`).
+    pub admin: Arc<crate::admin::Admin>,
 }
 
 /// The node's own reports, rendered when asked for.
@@ -904,6 +906,9 @@ async fn handle(node: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let path = req.uri().path().to_string();
+    if let Some(tail) = path.strip_prefix("/api/bundle/") {
+        return bundle_api(&node, tail, req).await;
+    }
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
         return ServeError::Method.response(&node.stats);
@@ -970,6 +975,37 @@ async fn handle(node: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
         *resp.body_mut() = empty();
     }
     resp
+}
+
+/// Largest request body of the bundle API (a few paths in JSON).
+const MAX_API_BODY: usize = 64 * 1024;
+
+/// `/api/bundle/…`: read a small JSON body, let `admin` answer.
+async fn bundle_api(node: &Site, tail: &str, req: Request<Incoming>) -> Response<Body> {
+    let post = req.method() == Method::POST;
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let body = if post {
+        match http_body_util::Limited::new(req.into_body(), MAX_API_BODY)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        }
+    } else {
+        Bytes::new()
+    };
+    let (status, json) = node.admin.handle(post, tail, auth.as_deref(), &body);
+    let mut r = Response::new(full(json.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn store_err(e: crate::store::StoreError) -> ServeError {

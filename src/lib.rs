@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map; each module's own docs say what it is for and what it
 //! deliberately leaves to others.
 
+pub mod admin;
 pub mod body;
 pub mod bundle;
 pub mod checksum;

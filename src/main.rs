@@ -1,8 +1,8 @@
 //! The `lanmirror` command line: parses arguments, sets up logging, and calls the library.
 //! Errors become exit codes here and nowhere else: 0 ok, 1 failure, 2 something was bad
 //! (`verify`: a bad blob; `import`: a bad or missing file; `export`: a file that could not be
-//! written), 3 the store is in use by a running node (`verify`, `gc`, `export`, `import`,
-//! `have` need it to themselves).
+//! written), 3 the store is in use by a running node (`verify` and `gc` need it to themselves;
+//! `export`, `import` and `have` ask a node running on the same data directory to do the work).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use lanmirror::admin::{self, HaveOutcome, ImportOutcome, JobRequest};
 use lanmirror::bundle;
 use lanmirror::config::Config;
 use lanmirror::node::Node;
@@ -196,6 +197,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             repos,
         } => {
             let cfg = load(config.as_ref())?;
+            if let Some(node) = running_node(&cfg)? {
+                let req = JobRequest::Export {
+                    to: absolute(&to)?,
+                    have: have.as_deref().map(absolute).transpose()?,
+                    repos,
+                };
+                let r = job_report(node.run(&req)?)?;
+                return Ok(print_export(&r, &to, &node.node_id));
+            }
             let store = open_store(&cfg)?;
             let me = Identity::load_or_create(&cfg.data_dir())?;
             let site = SiteAuth::load(&cfg.node.site, cfg.node.site_key_file.as_deref())?;
@@ -210,35 +220,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     h.header.node_id
                 );
             }
-            let r = bundle::export(&store, &cfg, &me, &site, &to, have.as_ref(), &repos)
-                .with_context(|| format!("exporting to {}", to.display()))?;
-            for w in &r.warnings {
-                println!("WARNING {w}");
+            let r = bundle::Exporter {
+                store: &store,
+                cfg: &cfg,
+                me: &me,
+                site: &site,
+                watch: bundle::Watch::default(),
             }
-            for (path, why) in &r.refused {
-                println!("NOT EXPORTED {path}: {why}");
-            }
-            println!(
-                "bundle in {}: {} files, {:.1} MiB ({} already there from an earlier run), {} left out (the other site has them), made by node {}",
-                to.display(),
-                r.files,
-                r.bytes as f64 / 1048576.0,
-                r.reused,
-                r.left_out,
-                me.id
-            );
-            Ok(if r.refused.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            .export(&to, have.as_ref(), &repos)
+            .with_context(|| format!("exporting to {}", to.display()))?;
+            Ok(print_export(&r, &to, &me.id.to_string()))
         }
         Cmd::Import { config, dir } => {
             let cfg = load(config.as_ref())?;
+            if let Some(node) = running_node(&cfg)? {
+                let req = JobRequest::Import {
+                    dir: absolute(&dir)?,
+                };
+                let r: ImportOutcome = job_report(node.run(&req)?)?;
+                return Ok(print_import(&r));
+            }
             let store = open_store(&cfg)?;
             let site = SiteAuth::load(&cfg.node.site, cfg.node.site_key_file.as_deref())?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let (r, origin) = rt.block_on(async {
+            let (report, origin) = rt.block_on(async {
                 let stats = std::sync::Arc::new(lanmirror::stats::Stats::default());
                 let upstream = lanmirror::upstream::Upstream::new(&cfg)
                     .context("building the upstream client")?;
@@ -263,69 +268,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     snapshots: &snapshots,
                     cfg: &cfg,
                     site: &site,
+                    watch: bundle::Watch::default(),
                 };
                 importer
                     .import(&dir)
                     .await
                     .with_context(|| format!("importing {}", dir.display()))
             })?;
-            println!(
-                "bundle made by node {} on {}{}",
-                origin.node_id,
-                httpdate::fmt_http_date(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(origin.created)
-                ),
-                if origin.site_key_checked {
-                    ", authenticated with this site's key"
-                } else {
-                    " (no site key here to check it with)"
-                }
-            );
-            for (path, why) in &r.bad {
-                println!("BAD {path}: {why} (not stored)");
-            }
-            for path in &r.missing {
-                println!("MISSING {path}: listed in the manifest but not on the disk");
-            }
-            for (tree, rev) in &r.switched {
-                println!("metadata of {tree} now at revision {rev}");
-            }
-            for (tree, why) in &r.kept {
-                println!("metadata of {tree} kept: {why}");
-            }
-            println!(
-                "stored {} files ({:.1} MiB), {} already held, {} bad, {} missing{}",
-                r.stored,
-                r.bytes as f64 / 1048576.0,
-                r.already,
-                r.bad.len(),
-                r.missing.len(),
-                if r.not_configured > 0 {
-                    format!(", {} of repos not configured here", r.not_configured)
-                } else {
-                    String::new()
-                }
-            );
-            Ok(if r.all_good() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            Ok(print_import(&ImportOutcome {
+                report,
+                made_by: origin.node_id.to_string(),
+                created: origin.created,
+                site_key_checked: origin.site_key_checked,
+            }))
         }
         Cmd::Have { config, out } => {
             let cfg = load(config.as_ref())?;
+            if let Some(node) = running_node(&cfg)? {
+                let req = JobRequest::Have {
+                    out: absolute(&out)?,
+                };
+                let r: HaveOutcome = job_report(node.run(&req)?)?;
+                print_have(&r, &out);
+                return Ok(ExitCode::SUCCESS);
+            }
             let store = open_store(&cfg)?;
             let me = Identity::load_or_create(&cfg.data_dir())?;
             let h = bundle::have_list(&store, &me.id)?;
             let bytes = h.encode();
             std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "have-list of node {}: {} files, {} snapshots, {} bytes in {}",
-                me.id,
-                h.len(),
-                h.header.snapshots.len(),
-                bytes.len(),
-                out.display()
+            print_have(
+                &HaveOutcome {
+                    node_id: me.id.to_string(),
+                    files: h.len() as u64,
+                    snapshots: h.header.snapshots.len() as u64,
+                    bytes: bytes.len() as u64,
+                },
+                &out,
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -455,4 +434,112 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The node running on this config's data directory, if any: the bundle commands then run in
+/// it (the store is its own), over its HTTP port with its admin token.
+fn running_node(cfg: &Config) -> anyhow::Result<Option<admin::Client>> {
+    let node = admin::Client::running(cfg).context(
+        "a node is running on this data directory, but its admin token cannot be read (run this as the node's user, or as root)",
+    )?;
+    if node.is_some() {
+        eprintln!("a node is running on this data directory: asking it to do this while it serves");
+    }
+    Ok(node)
+}
+
+fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}", p.display()))
+}
+
+/// The report of a finished job, or its error.
+fn job_report<T: serde::de::DeserializeOwned>(job: admin::JobStatus) -> anyhow::Result<T> {
+    if job.state != "done" {
+        anyhow::bail!(
+            "the node's {} job failed: {}",
+            job.command,
+            job.error.unwrap_or_else(|| "no reason given".into())
+        );
+    }
+    let report = job
+        .report
+        .context("the node's job ended without a report")?;
+    serde_json::from_value(report).context("reading the node's report")
+}
+
+fn print_export(r: &bundle::ExportReport, to: &std::path::Path, made_by: &str) -> ExitCode {
+    for w in &r.warnings {
+        println!("WARNING {w}");
+    }
+    for (path, why) in &r.refused {
+        println!("NOT EXPORTED {path}: {why}");
+    }
+    println!(
+        "bundle in {}: {} files, {:.1} MiB ({} already there from an earlier run), {} left out (the other site has them), made by node {made_by}",
+        to.display(),
+        r.files,
+        r.bytes as f64 / 1048576.0,
+        r.reused,
+        r.left_out,
+    );
+    if r.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn print_import(o: &ImportOutcome) -> ExitCode {
+    let r = &o.report;
+    println!(
+        "bundle made by node {} on {}{}",
+        o.made_by,
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(o.created)),
+        if o.site_key_checked {
+            ", authenticated with this site's key"
+        } else {
+            " (no site key here to check it with)"
+        }
+    );
+    for (path, why) in &r.bad {
+        println!("BAD {path}: {why} (not stored)");
+    }
+    for path in &r.missing {
+        println!("MISSING {path}: listed in the manifest but not on the disk");
+    }
+    for (tree, rev) in &r.switched {
+        println!("metadata of {tree} now at revision {rev}");
+    }
+    for (tree, why) in &r.kept {
+        println!("metadata of {tree} kept: {why}");
+    }
+    println!(
+        "stored {} files ({:.1} MiB), {} already held, {} bad, {} missing{}",
+        r.stored,
+        r.bytes as f64 / 1048576.0,
+        r.already,
+        r.bad.len(),
+        r.missing.len(),
+        if r.not_configured > 0 {
+            format!(", {} of repos not configured here", r.not_configured)
+        } else {
+            String::new()
+        }
+    );
+    if r.all_good() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn print_have(h: &HaveOutcome, out: &std::path::Path) {
+    println!(
+        "have-list of node {}: {} files, {} snapshots, {} bytes in {}",
+        h.node_id,
+        h.files,
+        h.snapshots,
+        h.bytes,
+        out.display()
+    );
 }

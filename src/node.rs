@@ -125,6 +125,10 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Site(#[from] SiteError),
+    #[error("cannot set up the bundle API: {0}")]
+    Admin(#[from] crate::admin::AdminError),
+    #[error("cannot load this node's key: {0}")]
+    Identity(#[from] crate::peer::identity::IdentityError),
 }
 
 pub struct Node {
@@ -136,6 +140,8 @@ pub struct Node {
     pub stats: Arc<Stats>,
     pub uplink: Arc<Uplink>,
     pub prefetch: Arc<crate::prefetch::Queue>,
+    /// `export`, `import` and `have` while the node runs.
+    pub admin: Arc<crate::admin::Admin>,
     pub started: Instant,
     http: std::sync::Mutex<Option<std::net::TcpListener>>,
     http_addr: SocketAddr,
@@ -231,7 +237,16 @@ impl Node {
             Some(peers.clone()),
             uplink.clone(),
         );
+        let admin = crate::admin::Admin::new(
+            cfg.clone(),
+            store.clone(),
+            snapshots.clone(),
+            Arc::new(crate::peer::identity::Identity::load_or_create(&dir)?),
+            peers.site.clone(),
+            crate::admin::load_or_create_token(&dir)?,
+        );
         Ok(Arc::new(Self {
+            admin,
             cfg,
             store,
             peers,
@@ -341,6 +356,7 @@ impl Node {
             fetcher: self.fetcher.clone(),
             stats: self.stats.clone(),
             report: self.clone(),
+            admin: self.admin.clone(),
         });
         crate::http::serve(listener, site, &mut shutdown).await;
         let _ = flusher.await;
@@ -453,6 +469,7 @@ impl Node {
             "peers": self.peers.status(),
             "uplink": self.uplink.lock().status(Now::system()),
             "prefetch": self.prefetch.status(),
+            "bundle_job": self.admin.job(),
             "advisories": self.prefetch.advisories(),
             "from_peers": Stats::get(&s.from_peers),
             "bytes_from_peers": Stats::get(&s.bytes_from_peers),

@@ -58,7 +58,12 @@ fn offline_node() -> Node {
 
 /// A node that served every package of [`pkgs`], stopped, and its export in `<dir>/usb`.
 fn exported_site() -> (RpmRepo, Node, tempfile::TempDir, std::path::PathBuf) {
-    let site = Site::new(&pkgs());
+    exported_site_of(&pkgs())
+}
+
+/// A node that served every package of `specs`, stopped, and its export in `<dir>/usb`.
+fn exported_site_of(specs: &[PkgSpec]) -> (RpmRepo, Node, tempfile::TempDir, std::path::PathBuf) {
+    let site = Site::new(specs);
     for p in site.repo.packages() {
         site.node.assert_serves(&p);
     }
@@ -340,4 +345,220 @@ fn a_mounted_bundle_serves_a_site_without_import() {
     // What was good is stored now: served even with the disk gone.
     std::fs::remove_dir_all(disk.join("test/Packages")).unwrap();
     seeded.assert_serves(&repo.package("ls-base"));
+}
+
+/// Files under `dir`, recursively.
+fn count_files(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// `import`, `have` and `export` while the node serves: the command line hands the work to the
+/// running node (the store is its own), shows its progress, and the node serves what it imported
+/// at once; the API refuses anyone without the node's admin token.
+#[test]
+fn bundle_commands_work_on_a_running_node() {
+    let (repo, _node, dir, disk) = exported_site();
+    let off = offline_node();
+    // the node runs: import through it
+    let out = import(&off, &disk);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("a node is running on this data directory"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("import: "),
+        "progress shown: {}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("now at revision"), "{}", out.stdout);
+    assert!(out.stdout.contains("made by node"), "{}", out.stdout);
+    let job = &off.status_json()["bundle_job"];
+    assert_eq!(job["command"], "import", "{job}");
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(
+        job["progress"]["done_files"], job["progress"]["files"],
+        "{job}"
+    );
+    // served at once, by the same process, with no uplink
+    let c = Dnf::new(&dir.path().join("live"), &off.repo_url("test"));
+    c.install(&["ls-app", "ls-doc"]).assert_success();
+
+    // have and export on the running node
+    let have = dir.path().join("have.bin");
+    let out = cli(&off, &["have", "--out", &have.to_string_lossy()]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("have-list of node"), "{}", out.stdout);
+    assert!(std::fs::metadata(&have).unwrap().len() > 0);
+    let again = dir.path().join("usb2");
+    let out = export(&off, &again, &[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(again.join("lanmirror-bundle.json").exists());
+    for p in repo.packages() {
+        let got = std::fs::read(again.join("test").join(&p.rel_path)).unwrap();
+        assert_eq!(sha256_hex(&got), p.sha256_hex, "{}", p.name);
+    }
+    // a relative path is the command line's, made absolute for the node
+    let out = Command::new(node_bin())
+        .current_dir(dir.path())
+        .args(["have", "--out", "rel.bin", "--config"])
+        .arg(off.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("rel.bin").exists());
+
+    // without the token, or with a wrong one: refused, nothing runs
+    let url = format!("{}/api/bundle/have", off.url());
+    let body = format!(
+        "{{\"command\":\"have\",\"out\":\"{}\"}}",
+        dir.path().join("x.bin").display()
+    );
+    for auth in [None, Some("Bearer nope")] {
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a));
+        }
+        let r = http_request_body("POST", &url, &headers, body.as_bytes());
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    assert!(!dir.path().join("x.bin").exists());
+    let token = std::fs::read_to_string(off.data_dir().join("admin.token")).unwrap();
+    let mode = std::fs::metadata(off.data_dir().join("admin.token"))
+        .unwrap()
+        .permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
+    let auth = format!("Bearer {}", token.trim());
+    let r = http_request_body(
+        "POST",
+        &url,
+        &[("Authorization", auth.as_str())],
+        b"{\"command\":\"have\",\"out\":\"relative\"}",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+/// An import killed mid-way keeps every file it finished: the next run skips them (and a
+/// loop of kills still ends with every file stored once, and a clean `verify`).
+#[test]
+fn a_killed_import_keeps_what_it_stored() {
+    let names: Vec<String> = (0..24).map(|i| format!("lk-{i:02}")).collect();
+    let specs: Vec<PkgSpec> = names
+        .iter()
+        .map(|n| PkgSpec::new(n, "1.0", 1 << 20))
+        .collect();
+    let (repo, _node, _dir, disk) = exported_site_of(&specs);
+
+    let mut off = offline_node();
+    off.stop();
+    let blobs = off.data_dir().join("blobs");
+    let total = repo.packages().len();
+    let mut kills = 0;
+    let mut last_at_kill = 0;
+    for round in 0..6 {
+        let before = count_files(&blobs);
+        let mut child = Command::new(node_bin())
+            .args(["import", "--config"])
+            .arg(off.config_path())
+            .arg(&disk)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // kill it once a few more files are in place
+        let want = before + 4;
+        let started = std::time::Instant::now();
+        let mut finished = false;
+        while count_files(&blobs) < want {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "import stuck");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if finished {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        last_at_kill = count_files(&blobs);
+        eprintln!("round {round}: killed with {last_at_kill} blob files in place");
+    }
+    assert!(kills >= 2, "the import was never caught mid-way");
+    // the rerun skips what the killed runs stored: at most one file per worker (installed,
+    // its row not yet committed) is lost to each kill
+    let out = import(&off, &disk);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let held: usize = out
+        .stdout
+        .split(" already held")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'already held' count: {}", out.stdout));
+    assert!(
+        held + 8 >= last_at_kill.min(total),
+        "only {held} of the {last_at_kill} files stored before the last kill were kept: {}",
+        out.stdout
+    );
+    assert!(held > 0, "{}", out.stdout);
+    let (ok, report) = off.verify();
+    assert!(ok, "{report}");
+    off.start_again();
+    for p in repo.packages() {
+        off.assert_serves(&p);
+    }
+}
+
+/// A request with a body, on a fresh connection: status and body text.
+fn http_request_body(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let status = all.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Reply { status, all }
+}
+
+struct Reply {
+    status: u16,
+    all: String,
+}
+
+impl Reply {
+    fn text(&self) -> &str {
+        &self.all
+    }
 }

@@ -26,7 +26,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -223,28 +224,74 @@ pub fn have_list(store: &Store, node_id: &NodeId) -> Result<HaveList, BundleErro
 
 // ---------------------------------------------------------------- progress
 
+/// How far a bundle command is, shared with whoever watches it (a running node's status, the
+/// command line polling it).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub done_files: AtomicU64,
+    pub done_bytes: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    pub files: u64,
+    pub bytes: u64,
+    pub done_files: u64,
+    pub done_bytes: u64,
+}
+
+impl Counters {
+    pub fn read(&self) -> Done {
+        Done {
+            files: self.files.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            done_files: self.done_files.load(Ordering::Relaxed),
+            done_bytes: self.done_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where a bundle command reports its progress: `counters` always, and a line on stderr when
+/// `print` (the command line; not a node).
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub counters: Arc<Counters>,
+    pub print: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            counters: Arc::default(),
+            print: true,
+        }
+    }
+}
+
 /// Files, bytes, rate and time left: one updating line on a terminal, a plain line every few
-/// seconds otherwise.
+/// seconds otherwise (see [`print_progress`]); and the shared [`Counters`].
 pub struct Progress {
     what: &'static str,
-    files: u64,
-    bytes: u64,
-    done_files: u64,
-    done_bytes: u64,
+    watch: Watch,
     start: Instant,
     last: Instant,
     tty: bool,
 }
 
 impl Progress {
-    pub fn new(what: &'static str, files: u64, bytes: u64) -> Progress {
+    pub fn new(what: &'static str, files: u64, bytes: u64, watch: &Watch) -> Progress {
         let now = Instant::now();
+        let c = &watch.counters;
+        c.files.store(files, Ordering::Relaxed);
+        c.bytes.store(bytes, Ordering::Relaxed);
+        c.done_files.store(0, Ordering::Relaxed);
+        c.done_bytes.store(0, Ordering::Relaxed);
         Progress {
             what,
-            files,
-            bytes,
-            done_files: 0,
-            done_bytes: 0,
+            watch: watch.clone(),
             start: now,
             last: now,
             tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -252,8 +299,12 @@ impl Progress {
     }
 
     pub fn file_done(&mut self, bytes: u64) {
-        self.done_files += 1;
-        self.done_bytes += bytes;
+        let c = &self.watch.counters;
+        c.done_files.fetch_add(1, Ordering::Relaxed);
+        c.done_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if !self.watch.print {
+            return;
+        }
         let every = if self.tty {
             Duration::from_millis(200)
         } else {
@@ -266,43 +317,52 @@ impl Progress {
     }
 
     pub fn finish(&mut self) {
-        self.print(true);
+        if self.watch.print {
+            self.print(true);
+        }
     }
 
     fn print(&self, last: bool) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let rate = self.done_bytes as f64 / secs;
-        let left = if rate > 0.0 {
-            (self.bytes.saturating_sub(self.done_bytes) as f64 / rate) as u64
-        } else {
-            0
-        };
-        let line = format!(
-            "{}: {}/{} files, {:.1}/{:.1} MiB, {:.1} MiB/s, {} left",
-            self.what,
-            self.done_files,
-            self.files,
-            self.done_bytes as f64 / 1048576.0,
-            self.bytes as f64 / 1048576.0,
-            rate / 1048576.0,
-            if last {
-                format!("0 s (took {secs:.1} s)")
-            } else {
-                format!("{left} s")
-            }
-        );
-        let mut e = std::io::stderr();
-        if self.tty {
-            let _ = write!(e, "\r\x1b[2K{line}{}", if last { "\n" } else { "" });
-        } else {
-            let _ = writeln!(e, "{line}");
-        }
+        let d = self.watch.counters.read();
+        print_progress(self.what, &d, self.start.elapsed(), last, self.tty);
     }
 }
 
+/// One progress line on stderr: on a terminal it replaces the previous one.
+pub fn print_progress(what: &str, d: &Done, took: Duration, last: bool, tty: bool) {
+    let secs = took.as_secs_f64().max(1e-3);
+    let rate = d.done_bytes as f64 / secs;
+    let left = if rate > 0.0 {
+        (d.bytes.saturating_sub(d.done_bytes) as f64 / rate) as u64
+    } else {
+        0
+    };
+    let line = format!(
+        "{what}: {}/{} files, {:.1}/{:.1} MiB, {:.1} MiB/s, {} left",
+        d.done_files,
+        d.files,
+        d.done_bytes as f64 / 1048576.0,
+        d.bytes as f64 / 1048576.0,
+        rate / 1048576.0,
+        if last {
+            format!("0 s (took {secs:.1} s)")
+        } else {
+            format!("{left} s")
+        }
+    );
+    let mut e = std::io::stderr();
+    if tty {
+        let _ = write!(e, "\r\x1b[2K{line}{}", if last { "\n" } else { "" });
+    } else {
+        let _ = writeln!(e, "{line}");
+    }
+}
+
+impl Progress {}
+
 // ---------------------------------------------------------------- export
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ExportReport {
     pub files: u64,
     pub bytes: u64,
@@ -315,16 +375,41 @@ pub struct ExportReport {
     pub warnings: Vec<String>,
 }
 
-/// Writes a bundle of `repos` (all configured repos when empty) to `to`.
-pub fn export(
-    store: &Store,
-    cfg: &Config,
-    me: &Identity,
-    site: &SiteAuth,
+/// What an export needs from the node's parts.
+pub struct Exporter<'a> {
+    pub store: &'a Store,
+    pub cfg: &'a Config,
+    pub me: &'a Identity,
+    pub site: &'a SiteAuth,
+    pub watch: Watch,
+}
+
+impl Exporter<'_> {
+    /// Writes a bundle of `repos` (all configured repos when empty) to `to`, leaving out what
+    /// `have` lists. Blocking.
+    pub fn export(
+        &self,
+        to: &Path,
+        have: Option<&HaveList>,
+        repos: &[String],
+    ) -> Result<ExportReport, BundleError> {
+        export(self, to, have, repos)
+    }
+}
+
+fn export(
+    x: &Exporter<'_>,
     to: &Path,
     have: Option<&HaveList>,
     repos: &[String],
 ) -> Result<ExportReport, BundleError> {
+    let Exporter {
+        store,
+        cfg,
+        me,
+        site,
+        watch,
+    } = x;
     for r in repos {
         if cfg.repo(r).is_none() {
             return Err(BundleError::Other(format!("repo {r:?} is not configured")));
@@ -413,7 +498,7 @@ pub fn export(
     }
 
     let total: u64 = plan.iter().map(|p| p.2).sum();
-    let mut progress = Progress::new("export", plan.len() as u64, total);
+    let mut progress = Progress::new("export", plan.len() as u64, total, watch);
     let mut files = Vec::with_capacity(plan.len());
     for (path, blob, size, sha) in plan {
         let dest = to.join(&path);
@@ -500,7 +585,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
 
 // ---------------------------------------------------------------- import
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ImportReport {
     /// Files verified and stored by this run.
     pub stored: u64,
@@ -531,6 +616,7 @@ pub struct Importer<'a> {
     pub snapshots: &'a crate::snapshot::Snapshots,
     pub cfg: &'a Config,
     pub site: &'a SiteAuth,
+    pub watch: Watch,
 }
 
 impl Importer<'_> {
@@ -591,7 +677,12 @@ impl Importer<'_> {
         // Files are independent: verify and store them on a few threads at once, two per core,
         // so one file's hashing (SHA-256 runs at about 1 GB/s a core) overlaps another's fsync.
         let total: u64 = m.files.iter().map(|f| f.size).sum();
-        let progress = Mutex::new(Progress::new("import", m.files.len() as u64, total));
+        let progress = Mutex::new(Progress::new(
+            "import",
+            m.files.len() as u64,
+            total,
+            &self.watch,
+        ));
         let outcomes = Mutex::new(Vec::with_capacity(m.files.len()));
         let failed = Mutex::new(None);
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -601,33 +692,28 @@ impl Importer<'_> {
         std::thread::scope(|sc| {
             for _ in 0..workers {
                 sc.spawn(|| {
-                    let mut batch = Batch::new();
-                    let mut pending = 0;
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(f) = m.files.get(i) else { break };
+                        let mut batch = Batch::new();
                         let outcome = self.import_file(dir, f, &expected, &mut batch);
-                        pending += 1;
+                        // Each file's rows are committed before the next file starts, so a run
+                        // that is killed keeps every file it finished (the one index writer
+                        // folds the workers' commits together).
+                        if !batch.is_empty()
+                            && let Err(e) = self.store.commit_blocking(batch)
+                        {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
                         if let Ok(mut p) = progress.lock() {
                             p.file_done(f.size);
                         }
                         if let Ok(mut o) = outcomes.lock() {
                             o.push((i, outcome));
                         }
-                        if pending >= 64 {
-                            pending = 0;
-                            if let Err(e) = self.store.commit_blocking(std::mem::take(&mut batch)) {
-                                if let Ok(mut f) = failed.lock() {
-                                    f.get_or_insert(e);
-                                }
-                                break;
-                            }
-                        }
-                    }
-                    if let Err(e) = self.store.commit_blocking(batch)
-                        && let Ok(mut f) = failed.lock()
-                    {
-                        f.get_or_insert(e);
                     }
                 });
             }

@@ -228,7 +228,7 @@ impl Identity {
 }
 
 /// Writes a secret file readable only by its owner, atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("key.tmp");
