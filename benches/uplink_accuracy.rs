@@ -1,7 +1,7 @@
 //! The rate cap's accuracy (issue 10): achieved against configured rate at 1, 10 and 100 Mbit/s,
 //! one node and three, **simulated** with the scheduler's controlled clock
 //! ([`lanmirror::uplink::sim`]): no network, no sleeping, the same figures on any machine.
-//! Real-transfer figures come when the scheduler is wired into the transfers.
+//! Figures with real transfers (node processes, loopback upstream) are `benches/uplink_real.rs`.
 //!
 //! ```text
 //! cargo bench --bench uplink_accuracy                            # print the table
