@@ -17,6 +17,10 @@ use crate::window::Window;
 /// The documented default configuration, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/lanmirror.toml");
 
+/// First path segments the node answers itself (`/api/status`, `/metrics`, `/setup/…`,
+/// `/mirrorlist/…`), so no repo may be named after them.
+pub const RESERVED_NAMES: [&str; 4] = ["api", "metrics", "setup", "mirrorlist"];
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -601,12 +605,12 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
                 && r.name != "."
                 && r.name != ".."
-                && r.name != "api"
-                && r.name != "metrics";
+                && !RESERVED_NAMES.contains(&r.name.as_str());
             if !name_ok {
                 return Err(invalid(format!(
-                    "repo name {:?} must be letters, digits, '-', '_' or '.', and not 'api' or 'metrics'",
-                    r.name
+                    "repo name {:?} must be letters, digits, '-', '_' or '.', and not one of the node's own paths ({})",
+                    r.name,
+                    RESERVED_NAMES.join(", ")
                 )));
             }
             if !seen.insert(r.name.as_str()) {
@@ -873,6 +877,11 @@ mod tests {
     fn errors_name_the_problem() {
         let e = Config::parse("[[repo]]\nname='a/b'\nurls=['http://x/']", "t").unwrap_err();
         assert!(e.to_string().contains("repo name"), "{e}");
+        for own in RESERVED_NAMES {
+            let e = Config::parse(&format!("[[repo]]\nname='{own}'\nurls=['http://x/']"), "t")
+                .unwrap_err();
+            assert!(e.to_string().contains("the node's own paths"), "{e}");
+        }
         let e = Config::parse("[[repo]]\nname='a'\nurls=['ftp://x/']", "t").unwrap_err();
         assert!(e.to_string().contains("not an http"), "{e}");
         let e = Config::parse("[node]\nhttp_listen='nope'", "t").unwrap_err();

@@ -1,4 +1,5 @@
-//! The HTTP side: `GET`/`HEAD /{repo}/{path}`, `/api/status`, `/metrics` and `/`.
+//! The HTTP side: `GET`/`HEAD /{repo}/{path}`, `/api/status`, `/metrics`, `/` and the client
+//! set-up paths (`/setup/…`, `/mirrorlist/…`, made by `setup`).
 //!
 //! Each connection starts on a zero-copy path: the request head is read and parsed here with
 //! httparse (the parser hyper uses, with the same settings, so a head ends where hyper would end
@@ -56,6 +57,7 @@ use crate::hash::{self, BlobId};
 use crate::paths::{self, PathError, PathKind, RepoPath};
 use crate::repodata::ChecksumAlgo;
 use crate::respond::{self, BOUNDARY, Conditions, FileInfo, HeadError, Plan};
+use crate::setup::SetupError;
 use crate::snapshot::{SnapshotError, Snapshots, needs_check};
 use crate::stats::Stats;
 use crate::store::{Expected, PathEntry, Store, now_secs};
@@ -497,11 +499,13 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, node: Arc<Site>, li
             Fast::NotMine => break,
         }
     }
+    // The address the client reached us at (set-up files name it when Host cannot be used).
+    let local = stream.local_addr().unwrap_or(node.cfg.node.http_listen);
     let home = Arc::new(Mutex::new(None));
     let io = TokioIo::new(Io::new(buf, stream, limits.write, home.clone()));
     let svc = hyper::service::service_fn(move |req| {
         let node = node.clone();
-        async move { Ok::<_, Infallible>(handle(node, req).await) }
+        async move { Ok::<_, Infallible>(handle(node, req, local).await) }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -888,7 +892,7 @@ impl AsyncWrite for Io {
 
 // ---------------------------------------------------------------- hyper path
 
-async fn handle(node: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(node: Arc<Site>, req: Request<Incoming>, local: SocketAddr) -> Response<Body> {
     Stats::inc(&node.stats.requests);
     let target = req.uri().to_string();
     let fields = match respond::read_fields(
@@ -946,6 +950,7 @@ async fn handle(node: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
             );
             r
         }
+        p if crate::setup::serves(p) => setup_answer(&node, &req, p, local),
         _ => {
             let c = &fields.conditions;
             let answer = if head {
@@ -956,6 +961,7 @@ async fn handle(node: Arc<Site>, req: Request<Incoming>) -> Response<Body> {
             match answer {
                 Ok(r) => r,
                 Err(e) => {
+                    Stats::inc(&node.stats.answer_errors);
                     if matches!(
                         e.status(),
                         StatusCode::BAD_GATEWAY
@@ -1006,6 +1012,45 @@ async fn bundle_api(node: &Site, tail: &str, req: Request<Incoming>) -> Response
         header::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// `/setup/…` and `/mirrorlist/…` (see `setup`): made for the address the client used.
+fn setup_answer(
+    node: &Site,
+    req: &Request<Incoming>,
+    path: &str,
+    local: SocketAddr,
+) -> Response<Body> {
+    let host = req.headers().get(header::HOST).map(|v| v.as_bytes());
+    let peers = node
+        .fetcher
+        .peers()
+        .map(|p| p.live_http())
+        .unwrap_or_default();
+    match crate::setup::answer(&node.cfg, path, host, local, &peers) {
+        Ok(page) => {
+            let mut r = Response::new(full(page.body));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(page.content_type),
+            );
+            // Made for this request (its Host, the peers live now): never from a cache.
+            h.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::debug!(path, error = %e, "set-up request refused");
+            match e {
+                SetupError::BadPath(p) => ServeError::BadPath(p),
+                SetupError::NotFound | SetupError::NoRepo => ServeError::NotFound,
+            }
+            .response(&node.stats)
+        }
+    }
 }
 
 fn store_err(e: crate::store::StoreError) -> ServeError {
@@ -1392,9 +1437,11 @@ async fn stream_transfer(
         },
     };
     let stats = node.stats.clone();
-    let body = t
-        .reader(node.store.clone())
-        .inspect_ok(move |b| Stats::add(&stats.bytes_served, b.len() as u64));
+    let body = t.clone().reader(node.store.clone()).inspect_ok(move |b| {
+        Stats::add(&stats.bytes_served, b.len() as u64);
+        Stats::add(&stats.streamed_bytes, b.len() as u64);
+    });
+    let body = tally(node.stats.clone(), t, body);
     let mut r = Response::new(stream_body(body));
     let h = r.headers_mut();
     if let Ok(v) = header::HeaderValue::from_str(respond::content_type(name)) {
@@ -1414,6 +1461,56 @@ async fn stream_transfer(
         h.insert(header::LAST_MODIFIED, v);
     }
     Ok(r)
+}
+
+/// Counts a streamed answer by where its transfer's bytes came from, once the client has the
+/// whole body: as the chunk that completes the file is handed on (the reader releases a file's
+/// last byte only once the transfer is stored, so its source is known then), or at the end of
+/// a body of unknown length. A body that fails counts as an error; one the client drops, as
+/// nothing.
+fn tally(
+    stats: Arc<Stats>,
+    t: Arc<Transfer>,
+    body: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+    const OPEN: u8 = 0;
+    const COUNTED: u8 = 1;
+    // Counted once, by whoever gets there first.
+    let state = Arc::new(AtomicU8::new(OPEN));
+    let sent = Arc::new(AtomicU64::new(0));
+    let first = |state: &AtomicU8| {
+        state
+            .compare_exchange(OPEN, COUNTED, Relaxed, Relaxed)
+            .is_ok()
+    };
+    let (state2, sent2, stats2, t2) = (state.clone(), sent.clone(), stats.clone(), t.clone());
+    let body = body.inspect(move |r| match r {
+        Ok(b) => {
+            let total = sent2.fetch_add(b.len() as u64, Relaxed) + b.len() as u64;
+            if let Some(d) = t2.done()
+                && total >= d.size
+                && first(&state2)
+            {
+                stats2.answered(d.source, total);
+            }
+        }
+        Err(_) => {
+            if first(&state2) {
+                Stats::inc(&stats2.answer_errors);
+            }
+        }
+    });
+    let end = futures_util::stream::once(async move {
+        if let Ok(Finished::Stored(d)) = t.wait().await
+            && first(&state)
+        {
+            stats.answered(d.source, sent.load(Relaxed));
+        }
+        None
+    })
+    .filter_map(futures_util::future::ready);
+    body.chain(end)
 }
 
 fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {

@@ -277,7 +277,7 @@ impl Node {
             http = %local,
             data_dir = %self.cfg.data_dir().display(),
             repos = ?self.cfg.repos.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            "lanmirror node serving; point dnf at http://<this host>:{}/<repo>/…", local.port()
+            "lanmirror node serving; set clients up with: curl -fsS http://<this host>:{}/setup/client.sh | sudo sh", local.port()
         );
         tracing::info!(
             node_id = %self.peers.me,
@@ -671,6 +671,16 @@ impl Node {
                 now.saturating_sub(snap.fetched_at)
             );
         }
+        let uplink = self.uplink.lock().status(Now::system());
+        crate::metrics::write(
+            &mut out,
+            &crate::metrics::Inputs {
+                stats: s,
+                upstream_latency: self.fetcher.upstream().latency.snapshot(),
+                disk: &disk,
+                uplink: &uplink,
+            },
+        );
         out
     }
 }

@@ -19,6 +19,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use crate::config::{Config, RepoConfig, UpstreamConfig};
 use crate::paths::RepoPath;
 use crate::repodata;
+use crate::stats::Histogram;
 
 /// Largest mirrorlist accepted.
 const MAX_MIRRORLIST: usize = 1 << 20;
@@ -87,6 +88,9 @@ pub struct Upstream {
     offline_since: Mutex<HashMap<String, Instant>>,
     /// Mirror base URLs that were unreachable, and since when.
     mirror_down: Mutex<HashMap<String, Instant>>,
+    /// How long upstream took from a request (GET or HEAD) to its response head, for every
+    /// request that got an answer (whatever its status).
+    pub latency: Histogram,
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
@@ -172,6 +176,7 @@ impl Upstream {
             mirrorlists: tokio::sync::Mutex::new(HashMap::new()),
             offline_since: Mutex::new(HashMap::new()),
             mirror_down: Mutex::new(HashMap::new()),
+            latency: Histogram::default(),
         })
     }
 
@@ -338,8 +343,12 @@ impl Upstream {
         let mut last_err = UpstreamError::Unreachable("no mirror configured".into());
         for base in &bases {
             let url = join_url(base, path.as_str());
+            let asked = Instant::now();
             let resp = match self.client.head(&url).send().await {
-                Ok(r) => r,
+                Ok(r) => {
+                    self.latency.observe(asked.elapsed());
+                    r
+                }
                 Err(e) => {
                     tracing::debug!(%url, error = %error_chain(&e), "upstream HEAD failed");
                     last_err = UpstreamError::Unreachable(format!("{url}: {}", error_chain(&e)));
@@ -428,10 +437,12 @@ impl Upstream {
                 req = req.header(header::IF_MODIFIED_SINCE, v);
             }
         }
+        let asked = Instant::now();
         let resp = req
             .send()
             .await
             .map_err(|e| UpstreamError::Unreachable(format!("{url}: {}", error_chain(&e))))?;
+        self.latency.observe(asked.elapsed());
         let status = resp.status();
         let h = resp.headers();
         match status {

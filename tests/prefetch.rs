@@ -69,7 +69,9 @@ fn security_fix_of_a_used_package_comes_first_and_unused_packages_are_left() {
         node.assert_serves(&p);
     }
     // upstream publishes updates of all three, with advisories: a Critical fix of the unused
-    // lp-c, an Important fix of lp-b, a bugfix of lp-a (by name, lp-a would come first)
+    // lp-c, an Important fix of lp-b, a bugfix of lp-a (by name, lp-a would come first). The
+    // mirror is down meanwhile, so the node's checks see only the finished state.
+    up.set_down(true);
     let a11 = repo.add(&PkgSpec::new("lp-a", "1.1", 64 << 10));
     let b11 = repo.add(&PkgSpec::new("lp-b", "1.1", 64 << 10));
     let c11 = repo.add(&PkgSpec::new("lp-c", "1.1", 64 << 10));
@@ -81,6 +83,7 @@ fn security_fix_of_a_used_package_comes_first_and_unused_packages_are_left() {
             .cve("CVE-2026-3333"),
     ]);
     up.clear_log();
+    up.set_down(false);
 
     // no client asks: the node's own check finds the new metadata and prefetches
     let done = wait_until(Duration::from_secs(40), Duration::from_millis(200), || {

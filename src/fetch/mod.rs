@@ -92,6 +92,8 @@ pub struct Done {
     pub last_modified: Option<String>,
     /// Where the bytes came from: "upstream", "the site" or "a seed directory".
     pub from: &'static str,
+    /// The same, for counting.
+    pub source: crate::stats::Source,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -754,6 +756,8 @@ impl Fetcher {
                 rules.appended(chunk.len() as u64, diverged);
                 if from_upstream {
                     Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                } else if source.is_seed() {
+                    Stats::add(&self.stats.bytes_from_seeds, chunk.len() as u64);
                 }
                 if diverged {
                     tracing::info!(repo = %item.repo, path = %item.path, "the file changed during the transfer; clients mid-way were cut");
@@ -834,6 +838,7 @@ impl Fetcher {
             etag,
             last_modified,
             from: source.origin(),
+            source: source.counted_as(),
         }))
     }
 
@@ -901,6 +906,14 @@ impl Transfer {
             if rx.changed().await.is_err() {
                 return rx.borrow().clone();
             }
+        }
+    }
+
+    /// The stored result, if the transfer has finished storing (without waiting).
+    pub fn done(&self) -> Option<Done> {
+        match &*self.rx.borrow() {
+            Phase::Done(d) => Some(d.clone()),
+            _ => None,
         }
     }
 

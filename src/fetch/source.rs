@@ -120,6 +120,17 @@ impl Source {
             Source::Held => "an earlier download",
         }
     }
+
+    /// Where the bytes came from, for `/metrics` (bytes held from an earlier download are
+    /// this node's own disk).
+    pub(super) fn counted_as(&self) -> crate::stats::Source {
+        match self {
+            Source::Holder(_) | Source::Downloader(_) => crate::stats::Source::Peer,
+            Source::Seed(_) => crate::stats::Source::Seed,
+            Source::Upstream => crate::stats::Source::Upstream,
+            Source::Held => crate::stats::Source::Store,
+        }
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -290,5 +301,10 @@ impl Source {
     /// Whether the bytes come from another node of the site.
     pub(super) fn is_peer(&self) -> bool {
         matches!(self, Source::Holder(_) | Source::Downloader(_))
+    }
+
+    /// Whether the bytes come from a seed directory.
+    pub(super) fn is_seed(&self) -> bool {
+        matches!(self, Source::Seed(_))
     }
 }

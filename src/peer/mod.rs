@@ -575,6 +575,35 @@ impl Peers {
         out
     }
 
+    /// Where the live peers serve HTTP (dnf clients), one entry per node id in node-id order:
+    /// the HTTP port it gave in its `Hello`/`Welcome` or mDNS advert, on the address of the
+    /// connection to it first, then on the other addresses it is known by (mDNS lists them
+    /// all; IPv4-mapped ones as IPv4). A peer whose HTTP port is not known yet is left out.
+    pub fn live_http(&self) -> Vec<Vec<SocketAddr>> {
+        let now = Instant::now();
+        let mut out: Vec<(NodeId, Vec<SocketAddr>)> = Vec::new();
+        self.with_table(|t| {
+            for e in t.values() {
+                if let (Some((id, conn)), Some(port)) = (e.live(now), e.http_port)
+                    && !out.iter().any(|(i, _)| *i == id)
+                {
+                    let mut addrs: Vec<SocketAddr> = Vec::new();
+                    for ip in std::iter::once(conn.remote_address().ip())
+                        .chain(e.addrs.iter().map(|a| a.ip()))
+                    {
+                        let a = SocketAddr::new(ip.to_canonical(), port);
+                        if !addrs.contains(&a) {
+                            addrs.push(a);
+                        }
+                    }
+                    out.push((id, addrs));
+                }
+            }
+        });
+        out.sort_by_key(|(id, _)| *id);
+        out.into_iter().map(|(_, a)| a).collect()
+    }
+
     /// The live peer that should fetch `key` for the site; `None` when it is this node (or
     /// this node is alone).
     pub fn downloader_for(&self, key: &str) -> Option<Peer> {

@@ -67,6 +67,9 @@ pub struct Dnf {
     /// Network namespace (`ip netns` name) to run dnf in (`ip netns exec NS dnf …`); None = the
     /// test's own.
     pub netns: Option<String>,
+    /// The repo directory dnf reads (`--setopt=reposdir`): `repos.d/` unless a test chose
+    /// another ([`Dnf::with_reposdir`]).
+    reposdir: PathBuf,
 }
 
 impl Dnf {
@@ -88,6 +91,7 @@ impl Dnf {
             timeout: Duration::from_secs(120),
             extra_args: Vec::new(),
             netns: None,
+            reposdir: dir.join("repos.d"),
         };
         d.set_baseurl(repo_baseurl);
         d
@@ -111,6 +115,19 @@ impl Dnf {
             ),
         )
         .unwrap();
+    }
+
+    /// Reads repo files from `dir` (created if missing) instead of `repos.d/` with its
+    /// `lmtest.repo`: for clients set up the way a site's are (`dnf config-manager`, a script).
+    pub fn with_reposdir(mut self, dir: &Path) -> Dnf {
+        fs::create_dir_all(dir).unwrap();
+        self.reposdir = dir.to_path_buf();
+        self
+    }
+
+    /// The repo directory dnf reads.
+    pub fn reposdir(&self) -> &Path {
+        &self.reposdir
     }
 
     pub fn baseurl(&self) -> &str {
@@ -141,10 +158,7 @@ impl Dnf {
             .arg(format!("--installroot={}", self.installroot().display()))
             .arg("--releasever=9")
             .arg("--disableplugin=local")
-            .arg(format!(
-                "--setopt=reposdir={}",
-                self.dir.join("repos.d").display()
-            ))
+            .arg(format!("--setopt=reposdir={}", self.reposdir.display()))
             .arg(format!("--setopt=cachedir={}", self.cache_dir().display()))
             .arg("--setopt=skip_if_unavailable=False")
             .arg("--setopt=keepcache=0")
