@@ -1,5 +1,6 @@
 //! Counters the node keeps for `/api/status` and `/metrics`: plain atomics, updated on the
-//! paths that do the work, read without locks. No history, no rates: scrapers compute those.
+//! paths that do the work, read without locks. No history, no rates here: scrapers compute
+//! those, and `history` keeps the daily totals the dashboard shows.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -13,6 +14,9 @@ pub struct Stats {
     pub not_found: AtomicU64,
     pub refused: AtomicU64,
     pub bytes_served: AtomicU64,
+    /// Of `bytes_served`, those streamed from a transfer as it arrived (the rest came from
+    /// stored files).
+    pub bytes_served_streamed: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub verify_failures: AtomicU64,
     pub upstream_errors: AtomicU64,
@@ -21,6 +25,8 @@ pub struct Stats {
     /// Files this node got from a peer (a holder or the site's downloader), verified and stored.
     pub from_peers: AtomicU64,
     pub bytes_from_peers: AtomicU64,
+    /// Bytes read from seed directories (mounted bundles) into transfers.
+    pub bytes_from_seed: AtomicU64,
     pub bytes_to_peers: AtomicU64,
     pub peer_requests_served: AtomicU64,
     /// Transfers this node ran as the downloader for a peer that asked.

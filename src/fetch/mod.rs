@@ -39,8 +39,10 @@ use crate::store::{
 use crate::uplink::{self as link, Class, Uplink};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
+mod progress;
 pub mod rules;
 mod source;
+pub use progress::TransferView;
 use rules::{Next, Restart, Rules};
 use source::{OpenError, Pace, Source, Sources};
 pub use source::{Step, plan};
@@ -150,6 +152,8 @@ pub struct Transfer {
     pub key: String,
     part: PathBuf,
     rx: watch::Receiver<Phase>,
+    /// Which source it reads now and since when, for the status (`progress`).
+    now: Arc<Mutex<progress::Reading>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -354,16 +358,18 @@ impl Fetcher {
         let name = hash::hex(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
         let part = self.store.partial_dir().join(format!("{name}.part"));
         let (tx, rx) = watch::channel(Phase::Connecting);
+        let now = Arc::new(Mutex::new(progress::Reading::default()));
         let t = Arc::new(Transfer {
             key: key.clone(),
             part: part.clone(),
             rx,
+            now: now.clone(),
         });
         Stats::inc(&self.stats.misses);
         let me = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = me.run(&item, &part, &tx).await;
+            let result = me.run(&item, &part, &tx, &now).await;
             if let Ok(mut m) = me.inflight.lock() {
                 m.remove(&key);
             }
@@ -404,6 +410,7 @@ impl Fetcher {
         item: &Item,
         part: &PathBuf,
         tx: &watch::Sender<Phase>,
+        now: &Mutex<progress::Reading>,
     ) -> Result<Finished, FetchError> {
         let meta_path = part.with_extension("meta");
         let also = item.expected.as_ref().map(|e| e.checksum.algo);
@@ -517,6 +524,7 @@ impl Fetcher {
                 break (meta.etag.clone(), meta.last_modified.clone(), source);
             }
             rules.use_source(source.rules_kind(), source.to_string());
+            progress::reading(now, &source, p.written);
             let ask = Ask {
                 from: p.written,
                 if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),
@@ -672,6 +680,8 @@ impl Fetcher {
                 rules.appended(chunk.len() as u64, diverged);
                 if from_upstream {
                     Stats::add(&self.stats.bytes_fetched, chunk.len() as u64);
+                } else if matches!(source, Source::Seed(_)) {
+                    Stats::add(&self.stats.bytes_from_seed, chunk.len() as u64);
                 }
                 if diverged {
                     tracing::info!(repo = %item.repo, path = %item.path, "the file changed during the transfer; clients mid-way were cut");
