@@ -266,6 +266,82 @@ fn check_formatter(s: &Session, lang: &str) {
     assert_eq!(got, json!(want), "{lang}: messages");
 }
 
+/// A status document with something in every part of the page (advisories, prefetch, peers
+/// in each state, problems, warnings, a transfer, caps and budgets).
+fn rich_status(real: &Value) -> Value {
+    let mut st = real.clone();
+    st["advisories"] = json!([
+        {"id": "ALSA-2026:0001", "kind": "security", "severity": "critical", "title": "openssl: a fix",
+         "issued": "2026-01-05 00:00:00", "cves": ["CVE-2026-0001", "CVE-2026-0002"], "ready": true,
+         "packages": [{"name": "openssl", "arch": "x86_64", "evr": {"epoch": 1, "version": "3.0.7", "release": "27.el9"}, "in_repo": true, "held": true}]},
+        {"id": "ALSA-2026:0002", "kind": "security", "severity": "moderate", "title": "curl", "issued": null,
+         "cves": [], "ready": false,
+         "packages": [{"name": "curl", "arch": "x86_64", "evr": {"epoch": 0, "version": "7.76.1", "release": "29.el9"}, "in_repo": true, "held": false}]}
+    ]);
+    st["prefetch"] =
+        json!({"done": 12, "waiting": 3, "bytes_done": 123_456_789, "bytes_waiting": 4_567_890});
+    st["peers"] = json!([
+        {"id": "aaaaaaaaaaaaaaaaaaaaaaaa", "addr": "127.0.0.2:7701", "healthy": true, "state": "healthy", "last_contact_secs": 1, "failures": 0},
+        {"id": "bbbbbbbbbbbbbbbbbbbbbbbb", "addr": "127.0.0.3:7701", "healthy": false, "state": "aside", "last_contact_secs": 4000, "failures": 2},
+        {"id": null, "addr": "127.0.0.4:7701", "healthy": false, "state": "down", "last_contact_secs": null, "failures": 1234567}
+    ]);
+    st["transfers"] = json!([
+        {"repo": "test", "path": "Packages/x-1-1.noarch.rpm", "source": "peer", "done": 1_500_000, "size": 4_000_000, "percent": 37, "bytes_per_sec": 250_000, "secs": 6},
+        {"repo": "test", "path": "Packages/y-1-1.noarch.rpm", "source": "connecting", "done": 0, "size": null, "percent": null, "bytes_per_sec": 0, "secs": 0}
+    ]);
+    st["recent_warnings"] = json!([
+        {"code": "upstream_offline", "repo": "test", "count": 3, "at": 1, "ago_secs": 7300},
+        {"code": "peer_refused", "count": 1, "at": 1, "ago_secs": 2}
+    ]);
+    st["store"]["max_size"] = json!(10_737_418_240u64);
+    st["store"]["passthrough"] = json!(true);
+    st["uplink"]["max_rate"] = json!(500_000);
+    st["uplink"]["share"] = json!(250_000);
+    st["uplink"]["background"] = json!({"allowed": false, "why_not": ["outside_window", "budget_spent"], "hours": ["22:00-06:00", "12:00-13:00"]});
+    st["uplink"]["budget"] = json!({"limit": 32_212_254_720u64, "used": 32_212_254_720u64, "used_here": 1, "left": 0, "spent": true, "period_start": "2026-01-15", "resets_on": "2026-02-15"});
+    st["warnings"] = json!(["something the dashboard has no words for"]);
+    if let Some(repos) = st["repos"].as_array_mut() {
+        repos.push(
+            json!({"name": "epel", "upstream_offline": true, "pinned": false, "snapshots": []}),
+        );
+    }
+    st["health"] = lanmirror::dashboard::health::assess(&st);
+    st
+}
+
+/// The page's script, given a status, writes the same words and values as the server given
+/// the same status: section by section, text, raw values and what is hidden.
+fn check_script_renders_like_the_server(s: &Session, st: &Value, lang: &str) {
+    let server = lanmirror::dashboard::render(st, lang);
+    let got = s.exec(
+        r#"window.lanmirrorRender(arguments[0]);
+           const doc = new DOMParser().parseFromString(arguments[1], 'text/html');
+           const norm = t => t.replace(/\s+/g, ' ').trim();
+           const look = root => [norm(root.textContent),
+             Array.from(root.querySelectorAll('[data-k]')).map(e => e.dataset.k + '=' + e.getAttribute('data-v')),
+             Array.from(root.querySelectorAll('[data-show],[data-hide]')).map(e => e.hidden)];
+           return ['health', 'saved', 'sources', 'transfers', 'repos', 'nodes', 'disk', 'uplink', 'advisories', 'events']
+             .map(id => [id, look(document.getElementById(id)), look(doc.getElementById(id))]);"#,
+        json!([st, server]),
+    );
+    for sec in got.as_array().expect("sections") {
+        assert_eq!(
+            sec[1], sec[2],
+            "{lang}: section {} differs between the script (left) and the server (right)",
+            sec[0]
+        );
+    }
+    let text = got.to_string();
+    for must in [
+        "ALSA-2026:0001",
+        "CVE-2026-0002",
+        "3.0.7-27",
+        "something the dashboard has no words for",
+    ] {
+        assert!(text.contains(must), "{lang}: {must} not on the page");
+    }
+}
+
 fn polls(s: &Session) -> u64 {
     s.exec(
         "return +(document.documentElement.getAttribute('data-polls') || 0);",
@@ -402,6 +478,10 @@ fn the_dashboard_shows_the_status_live_in_three_languages() {
             );
         }
         s.screenshot(&artifacts().join(format!("dashboard-{lang}.png")));
+
+        // Every part of the page, filled by the script from a status with something in each.
+        check_script_renders_like_the_server(&s, &rich_status(&node.status_json()), lang);
+        s.screenshot(&artifacts().join(format!("dashboard-{lang}-all-parts.png")));
     }
 
     // The browser's languages choose the page's; an explicit choice is remembered.
@@ -489,4 +569,87 @@ fn the_history_counts_by_source_and_survives_a_restart() {
         st["history"]["since_install"]["served"].as_u64().unwrap(),
         served + size
     );
+}
+
+/// Two nodes of a keyed site: the second gets a package from the first, and its dashboard
+/// says where the bytes came from (other nodes), that the site is healthy, and when it last
+/// heard from the other node.
+#[test]
+fn a_site_of_two_nodes_shows_peers_and_bytes_from_them() {
+    let dir = temp();
+    let repo = RpmRepo::create(
+        &dir.path().join("mirror"),
+        &[PkgSpec::new("dash-shared", "1.0", 400_000)],
+    );
+    let up = Upstream::start(repo.dir());
+    let key = dir.path().join("site.key");
+    write_private(&key, "dashboard-test-site-key-0123456789abcdef\n");
+    let quic = [free_port(), free_port()];
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let mut o = NodeOpts::new(&up.url());
+            o.quic_listen = format!("127.0.0.1:{}", quic[i]);
+            o.peers = vec![format!("127.0.0.1:{}", quic[1 - i])];
+            o.freshness_secs = 60;
+            o.site_key_file = Some(key.clone());
+            Node::start(o)
+        })
+        .collect();
+    for n in &nodes {
+        assert_eq!(n.get("/test/repodata/repomd.xml").status, 200);
+    }
+    let joined = |n: &Node| {
+        let st = n.status_json();
+        st["peers"][0]["state"] == "healthy"
+            && st["peers"][0]["last_contact_secs"]
+                .as_u64()
+                .is_some_and(|s| s <= 5)
+    };
+    for n in &nodes {
+        assert!(
+            wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+                joined(n)
+            }),
+            "no live peer with a recent contact: {}",
+            n.status_json()["peers"]
+        );
+    }
+    let pkg = repo.package("dash-shared");
+    nodes[0].assert_serves(&pkg);
+    nodes[1].assert_serves(&pkg);
+    // One node downloaded it (the site's downloader for it: either, by rendezvous), the other
+    // got it from that one.
+    let sts: Vec<Value> = nodes.iter().map(|n| n.status_json()).collect();
+    let took = |st: &Value, k: &str| st["history"]["today"][k].as_u64().unwrap();
+    let r = (0..2)
+        .find(|&i| took(&sts[i], "peers") >= pkg.size)
+        .unwrap_or_else(|| {
+            panic!(
+                "neither node got the package from the other: {} / {}",
+                sts[0]["history"]["today"], sts[1]["history"]["today"]
+            )
+        });
+    assert!(took(&sts[1 - r], "upstream") >= pkg.size);
+    assert!(
+        took(&sts[r], "upstream") < pkg.size,
+        "{}",
+        sts[r]["history"]
+    );
+    let st = &sts[r];
+    let today = &st["history"]["today"];
+    assert_eq!(st["health"]["node"], "ok", "{}", st["health"]);
+    assert_eq!(st["health"]["site"], "ok", "{}", st["health"]);
+    let html = nodes[r].get("/?lang=en").text();
+    assert!(
+        html.contains("data-k=\"state\" data-f=\"enum:nodes.state\" data-v=\"healthy\">connected<"),
+        "no connected node on the page"
+    );
+    let f = Fmt::new(catalog("ne"));
+    let html = nodes[r].get("/?lang=ne").text();
+    let want = format!(
+        "data-k=\"history.today.peers\" data-f=\"bytes\" data-v=\"{}\">{}<",
+        today["peers"],
+        f.bytes(today["peers"].as_u64().unwrap())
+    );
+    assert!(html.contains(&want), "no {want}");
 }

@@ -42,7 +42,7 @@ use format::{Fmt, lookup, raw};
 use i18n::{Choice, catalog, catalogs};
 
 /// How often the page's script asks for `/api/status`, in milliseconds.
-pub const POLL_MS: u64 = 3000;
+pub const POLL_MS: u64 = 5000;
 
 const CSS: &str = include_str!("assets/dashboard.css");
 const JS: &str = include_str!("assets/dashboard.js");
@@ -945,18 +945,55 @@ fn events(h: &mut H, st: &Value) {
     h.push("</section>");
 }
 
-/// The catalog for the page's script: every message of the language, as JSON safe inside a
-/// `<script>` element.
-fn script_catalog(lang: &str) -> String {
-    let c = catalog(lang);
-    let mut all = Map::new();
-    // English first, so the script falls back key by key as `Catalog::get` does.
-    for cat in [catalog(i18n::DEFAULT), c] {
-        for (k, v) in &cat.msgs {
-            all.insert(k.clone(), Value::String(v.clone()));
+/// Messages the script always needs: formats and the "updated" line.
+const SCRIPT_ALWAYS: &[&str] = &[
+    "meta.",
+    "units.",
+    "date.",
+    "month.",
+    "month_short.",
+    "page.updated",
+];
+
+/// The catalog for the page's script, as JSON safe inside a `<script>` element: the messages
+/// the page's markup can ask for (`data-msg`, `data-null`, `data-none` keys; `enum:` and
+/// `data-pre` prefixes, found in `html` itself) and [`SCRIPT_ALWAYS`]; static labels are
+/// not repeated.
+fn script_catalog(lang: &str, html: &str) -> String {
+    let mut exact: Vec<&str> = Vec::new();
+    let mut prefixes: Vec<String> = SCRIPT_ALWAYS.iter().map(|p| p.to_string()).collect();
+    for (attr, is_prefix) in [
+        ("data-msg=\"", false),
+        ("data-null=\"", false),
+        ("data-none=\"", false),
+        ("data-f=\"enum:", true),
+        ("data-pre=\"", true),
+    ] {
+        for part in html.split(attr).skip(1) {
+            let v = part.split('"').next().unwrap_or("");
+            if is_prefix {
+                let p = if v.ends_with('.') {
+                    v.to_string()
+                } else {
+                    format!("{v}.")
+                };
+                if !prefixes.contains(&p) {
+                    prefixes.push(p);
+                }
+            } else if !exact.contains(&v) {
+                exact.push(v);
+            }
         }
     }
-    Value::Object(all).to_string().replace("</", "<\\/")
+    let wanted = |k: &str| exact.contains(&k) || prefixes.iter().any(|p| k.starts_with(p.as_str()));
+    let mut out = Map::new();
+    // English first, so the script falls back key by key as `Catalog::get` does.
+    for cat in [catalog(i18n::DEFAULT), catalog(lang)] {
+        for (k, v) in cat.msgs.iter().filter(|(k, _)| wanted(k)) {
+            out.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    Value::Object(out).to_string().replace("</", "<\\/")
 }
 
 /// The whole page.
@@ -995,10 +1032,10 @@ pub fn render(st: &Value, lang: &str) -> String {
         h.o,
         " <a href=\"/api/status\">{a}</a> · <a href=\"/metrics\">{b}</a></p></footer>"
     );
+    let messages = script_catalog(lang, &h.o);
     let _ = writeln!(
         h.o,
-        "<script type=\"application/json\" id=\"i18n\">{}</script><script>{JS}</script></body></html>",
-        script_catalog(lang)
+        "<script type=\"application/json\" id=\"i18n\">{messages}</script><script>{JS}</script></body></html>"
     );
     h.o
 }

@@ -206,6 +206,9 @@
   /* For tests and scripts that want the page's own formatting. */
   window.lanmirrorFormat = fmt;
   window.lanmirrorMessage = message;
+  /* Shows a given status document and stops following the node's (for tests and demos). */
+  var paused = false;
+  window.lanmirrorRender = function (st) { paused = true; fillScope(document.body, st); chart(st); };
 
   var every = +document.documentElement.dataset.poll || 3000;
   var live = document.getElementById('livenote');
@@ -221,6 +224,7 @@
       if (x.status !== 200) { failed(); return; }
       var st;
       try { st = JSON.parse(x.responseText); } catch (e) { failed(); return; }
+      if (paused) return;
       fillScope(document.body, st);
       chart(st);
       polls++;
