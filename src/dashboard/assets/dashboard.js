@@ -217,6 +217,8 @@
   var polls = 0;
   if (live) live.hidden = false;
   function poll() {
+    /* A tab nobody looks at does not make the node count its store every few seconds. */
+    if (document.hidden) { setTimeout(poll, every); return; }
     var x = new XMLHttpRequest();
     x.open('GET', '/api/status', true);
     x.timeout = Math.max(2000, every - 200);
