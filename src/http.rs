@@ -1,5 +1,7 @@
-//! The HTTP side: `GET`/`HEAD /{repo}/{path}`, `/api/status`, `/metrics`, `/` and the client
-//! set-up paths (`/setup/…`, `/mirrorlist/…`, made by `setup`).
+//! The HTTP side: `GET`/`HEAD /{repo}/{path}`, `/api/status`, `/metrics`, `/` (the dashboard,
+//! rendered by `dashboard` from the status in the language the request asks for), the client
+//! set-up paths (`/setup/…`, `/mirrorlist/…`, made by `setup`) and the bundle API
+//! (`/api/bundle/…`, answered by `admin`).
 //!
 //! Each connection starts on a zero-copy path: the request head is read and parsed here with
 //! httparse (the parser hyper uses, with the same settings, so a head ends where hyper would end
@@ -919,12 +921,24 @@ async fn handle(node: Arc<Site>, req: Request<Incoming>, local: SocketAddr) -> R
     }
     let mut resp = match path.as_str() {
         "/" => {
-            let mut r = Response::new(full(DASHBOARD));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            let field = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let choice = crate::dashboard::i18n::choose(
+                req.uri().query(),
+                field(header::COOKIE),
+                field(header::ACCEPT_LANGUAGE),
             );
-            r
+            let node2 = node.clone();
+            match tokio::task::spawn_blocking(move || {
+                crate::dashboard::page(&node2.report.status(), choice)
+            })
+            .await
+            {
+                Ok(page) => dashboard_response(page),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "dashboard failed\n".into(),
+                ),
+            }
         }
         "/api/status" => {
             let node2 = node.clone();
@@ -1600,10 +1614,34 @@ fn file_range(
     })
 }
 
-const DASHBOARD: &str = "<!doctype html><html><head><meta charset=utf-8><title>lanmirror</title></head>\
-<body><h1>lanmirror</h1><p>This node caches RPM repositories for the site. \
-Point dnf at <code>http://THIS-HOST:PORT/&lt;repo&gt;/…</code>.</p>\
-<p><a href=\"/api/status\">status (JSON)</a> · <a href=\"/metrics\">metrics (Prometheus)</a></p></body></html>\n";
+/// The dashboard page (see `dashboard`): HTML in the chosen language, never cached (its
+/// figures are live), varying with the language the browser asks for.
+fn dashboard_response(page: crate::dashboard::Page) -> Response<Body> {
+    let mut r = Response::new(full(page.html));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        header::VARY,
+        header::HeaderValue::from_static("Accept-Language, Cookie"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(page.lang) {
+        h.insert(header::CONTENT_LANGUAGE, v);
+    }
+    if let Some(v) = page
+        .set_cookie
+        .and_then(|c| header::HeaderValue::from_str(&c).ok())
+    {
+        h.insert(header::SET_COOKIE, v);
+    }
+    r
+}
 
 #[cfg(test)]
 mod tests {

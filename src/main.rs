@@ -53,10 +53,17 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print the status of the node running with this config (its /api/status).
+    /// Show the running node's dashboard as a table (in the language of LC_ALL, LC_MESSAGES or
+    /// LANG), read from its /api/status.
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The node to ask, e.g. http://127.0.0.1:7700 (default: this config's http_listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print /api/status itself (JSON) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a sneakernet bundle: the repositories this node holds, laid out as upstream lays
     /// them out, with a signed manifest. Run it again to continue an interrupted export.
@@ -308,18 +315,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { config } => {
-            let cfg = load(config.as_ref())?;
-            let mut addr = cfg.node.http_listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        Cmd::Status { config, url, json } => {
+            let lang = lanmirror::dashboard::i18n::from_locale(|k| std::env::var(k).ok());
+            let (addr, shown) = match url {
+                Some(u) => (status_addr(&u)?, u),
+                None => {
+                    let cfg = load(config.as_ref())?;
+                    let mut addr = cfg.node.http_listen;
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    (addr, format!("http://{addr}"))
+                }
+            };
+            let v = http_get_status(addr).with_context(|| {
+                lanmirror::dashboard::format::fill(
+                    lanmirror::dashboard::i18n::catalog(lang).get("cli.unreachable"),
+                    &[("url", shown.clone())],
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", lanmirror::dashboard::text::render(&v, lang));
             }
-            let body = http_get_status(addr)
-                .with_context(|| format!("asking the node at {addr} (is it running?)"))?;
-            println!("{body}");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The address of `--url http://host:port[/…]`.
+fn status_addr(url: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--url {url}: only http://host:port is supported"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--url {url}: cannot resolve {hostport}"))?
+        .next()
+        .with_context(|| format!("--url {url}: no address for {hostport}"))
 }
 
 /// `lanmirror gc`: the start-up eviction run of a node, on its own, with a report.
@@ -400,7 +444,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<Store> {
 }
 
 /// A minimal blocking GET of /api/status, so `status` needs no HTTP client stack.
-fn http_get_status(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+fn http_get_status(addr: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
@@ -417,8 +461,7 @@ fn http_get_status(addr: std::net::SocketAddr) -> anyhow::Result<String> {
         "node answered: {}",
         head.lines().next().unwrap_or("")
     );
-    let v: serde_json::Value = serde_json::from_str(body).context("status is not JSON")?;
-    Ok(serde_json::to_string_pretty(&v)?)
+    serde_json::from_str(body).context("status is not JSON")
 }
 
 async fn wait_for_signal() {

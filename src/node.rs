@@ -4,7 +4,9 @@
 //! `main.rs` only parses the command line and calls in here. This module holds no policy of
 //! its own: it builds the parts, runs start-up recovery (with the start-up eviction run of
 //! `[store]`), and starts the background chores (flushing last-access times with the periodic
-//! eviction check, deleting passed-through files).
+//! eviction check, deleting passed-through files, keeping the traffic history). Its status adds
+//! the dashboard's parts: `history`, `recent_warnings`, `transfers`, peers' `state` and
+//! `last_contact_secs`, and `health`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::fetch::Fetcher;
+use crate::history::{History, Observed};
 use crate::peer::{Peers, SiteError, server};
 use crate::snapshot::{Snapshots, needs_check};
 use crate::stats::Stats;
@@ -142,6 +145,8 @@ pub struct Node {
     pub prefetch: Arc<crate::prefetch::Queue>,
     /// `export`, `import` and `have` while the node runs.
     pub admin: Arc<crate::admin::Admin>,
+    /// Traffic since install and by day, and recent warnings (the dashboard's figures).
+    pub history: History,
     pub started: Instant,
     http: std::sync::Mutex<Option<std::net::TcpListener>>,
     http_addr: SocketAddr,
@@ -245,9 +250,11 @@ impl Node {
             peers.site.clone(),
             crate::admin::load_or_create_token(&dir)?,
         );
+        let history = History::open(&store);
         Ok(Arc::new(Self {
             admin,
             cfg,
+            history,
             store,
             peers,
             fetcher,
@@ -338,8 +345,12 @@ impl Node {
                         _ = stop.changed() => break,
                     }
                     node.store.sweep_passing();
+                    node.history.observe(&node.observed());
                     if tick % 12 != 0 {
                         continue;
+                    }
+                    if let Err(e) = node.history.flush().await {
+                        tracing::warn!(error = %e, "could not record the traffic history");
                     }
                     if let Err(e) = node.store.flush_access().await {
                         tracing::warn!(error = %e, "could not record last-access times");
@@ -365,6 +376,10 @@ impl Node {
         }
         if let Err(e) = self.store.flush_access().await {
             tracing::warn!(error = %e, "could not record last-access times");
+        }
+        self.history.observe(&self.observed());
+        if let Err(e) = self.history.flush().await {
+            tracing::warn!(error = %e, "could not record the traffic history");
         }
         self.save_budget();
         tracing::info!("stopped");
@@ -395,6 +410,21 @@ impl Node {
         } else {
             "no site key: any host on this LAN can join the site and ask for files (what it sends is verified; metadata is never taken from it); set [node] site_key_file to restrict"
         })
+    }
+
+    /// What the history looks at: the counters, the repos whose upstream is unreachable, and
+    /// whether the store passes downloads through.
+    fn observed(&self) -> Observed {
+        let mut o = Observed::from_stats(&self.stats);
+        o.offline = self
+            .cfg
+            .repos
+            .iter()
+            .filter(|r| self.fetcher.upstream().is_offline(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        o.passthrough = self.store.disk_status().passthrough;
+        o
     }
 
     /// The HTTP address the node is bound to (the real port, also when the config said 0).
@@ -440,7 +470,7 @@ impl Node {
             .collect();
         let (blobs, bytes) = self.store.totals().unwrap_or((0, 0));
         let s = &self.stats;
-        json!({
+        let mut v = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_secs": self.started.elapsed().as_secs(),
             "data_dir": self.cfg.data_dir().display().to_string(),
@@ -482,7 +512,17 @@ impl Node {
             "stored_blobs": blobs,
             "stored_bytes": bytes,
             "store": self.store.disk_status(),
-        })
+        });
+        // The dashboard's figures (see `history` and `dashboard::health`).
+        self.history.observe(&self.observed());
+        let (history, recent) = self.history.view();
+        v["history"] = history;
+        v["recent_warnings"] = recent;
+        v["transfers"] = json!(self.fetcher.transfers());
+        let heard = self.uplink.lock().heard_ago(Instant::now());
+        crate::dashboard::health::peer_states(&mut v["peers"], &heard);
+        v["health"] = crate::dashboard::health::assess(&v);
+        v
     }
 
     /// The `/metrics` page (Prometheus text format).

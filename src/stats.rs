@@ -1,7 +1,7 @@
 //! Counters the node keeps for `/api/status` and `/metrics`: plain atomics, updated on the
 //! paths that do the work, read without locks, plus one fixed-bucket histogram type (upstream
-//! latency). No history, no rates: scrapers compute those. Rendering them is `node` and
-//! `metrics`'s business.
+//! latency). No history, no rates here: scrapers compute those, and `history` keeps the daily
+//! totals the dashboard shows. Rendering them is `node`, `metrics` and `dashboard`'s business.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;

@@ -48,6 +48,8 @@ const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const EXPECTED: TableDefinition<&str, &[u8]> = TableDefinition::new("expected");
 /// `"{repo}/{tree}"` → JSON [`Snapshot`]
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// `history` rows (`"total"`, `"day/2026-05-12"`) → JSON; the schema is `history.rs`'s.
+const HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("history");
 
 /// Partial downloads untouched this long are deleted at start-up.
 const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
@@ -369,6 +371,8 @@ enum Op {
     /// Blob rows, their aliases and every path naming them, in one pass over the paths.
     EvictBlobs(Vec<BlobId>),
     Touch(BlobId, u64),
+    PutHistory(String, Vec<u8>),
+    RemoveHistory(String),
 }
 
 /// Index changes that must become visible together.
@@ -405,6 +409,15 @@ impl Batch {
     }
     pub fn remove_blob(&mut self, id: BlobId) -> &mut Self {
         self.0.push(Op::RemoveBlob(id));
+        self
+    }
+    /// A row of the `history` table (its contents are `history.rs`'s business).
+    pub fn put_history(&mut self, key: String, value: Vec<u8>) -> &mut Self {
+        self.0.push(Op::PutHistory(key, value));
+        self
+    }
+    pub fn remove_history(&mut self, key: String) -> &mut Self {
+        self.0.push(Op::RemoveHistory(key));
         self
     }
     pub fn is_empty(&self) -> bool {
@@ -667,6 +680,7 @@ impl Store {
             db_err!(tx.open_table(BLOBS))?;
             db_err!(tx.open_table(EXPECTED))?;
             db_err!(tx.open_table(SNAPSHOTS))?;
+            db_err!(tx.open_table(HISTORY))?;
             db_err!(tx.commit())?;
         }
         let mut rec = recover(root, &db)?;
@@ -805,6 +819,18 @@ impl Store {
             if let Ok(s) = serde_json::from_slice(v.value()) {
                 out.push((k.value().to_string(), s));
             }
+        }
+        Ok(out)
+    }
+
+    /// Every row of the `history` table (see `history.rs`), in key order.
+    pub fn history_rows(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = db_err!(self.inner.db.begin_read())?;
+        let t = db_err!(tx.open_table(HISTORY))?;
+        let mut out = Vec::new();
+        for row in db_err!(t.iter())? {
+            let (k, v) = db_err!(row)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
     }
@@ -1787,6 +1813,7 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<i128, S
         let mut blobs = db_err!(tx.open_table(BLOBS))?;
         let mut expected = db_err!(tx.open_table(EXPECTED))?;
         let mut snaps = db_err!(tx.open_table(SNAPSHOTS))?;
+        let mut history = db_err!(tx.open_table(HISTORY))?;
         for op in ops {
             match op {
                 Op::PutBlob(m) => {
@@ -1839,6 +1866,12 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<i128, S
                     if let Some(m) = updated {
                         db_err!(blobs.insert(id.as_slice(), m.encode().as_slice()))?;
                     }
+                }
+                Op::PutHistory(k, v) => {
+                    db_err!(history.insert(k.as_str(), v.as_slice()))?;
+                }
+                Op::RemoveHistory(k) => {
+                    db_err!(history.remove(k.as_str()))?;
                 }
                 Op::RemoveBlob(id) => {
                     let meta = db_err!(blobs.remove(id.as_slice()))?

@@ -245,7 +245,7 @@ fn status_and_metrics_report_the_work() {
 fn status_command_and_verify_refusing_a_running_node() {
     let s = site();
     let out = std::process::Command::new(common::node::node_bin())
-        .args(["status", "--config"])
+        .args(["status", "--json", "--config"])
         .arg(s.node.config_path())
         .output()
         .unwrap();
@@ -256,6 +256,18 @@ fn status_command_and_verify_refusing_a_running_node() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["repos"][0]["name"], "test");
+    // Without --json: the dashboard as a table (its own test is in dashboard.rs).
+    let out = std::process::Command::new(common::node::node_bin())
+        .args(["status", "--url", &s.node.url()])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Repositories") && text.contains("test"),
+        "{text}"
+    );
     // verify needs the store to itself: a clear refusal while the node runs.
     let (ok, report) = s.node.verify();
     assert!(!ok);

@@ -40,8 +40,10 @@ use crate::store::{
 use crate::uplink::{self as link, Class, Uplink};
 use crate::upstream::{self, Ask, BadStart, Opened, Upstream, UpstreamError};
 
+mod progress;
 pub mod rules;
 mod source;
+pub use progress::TransferView;
 use rules::{Next, Restart, Rules};
 use source::{OpenError, Pace, Source, Sources};
 pub use source::{Step, plan};
@@ -169,6 +171,8 @@ pub struct Transfer {
     /// Set when a client waits for a transfer that began as background work: from its next
     /// piece on it is paced as interactive.
     promoted: Arc<AtomicBool>,
+    /// Which source it reads now and since when, for the status (`progress`).
+    now: Arc<Mutex<progress::Reading>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -403,17 +407,19 @@ impl Fetcher {
         let part = self.store.partial_dir().join(format!("{name}.part"));
         let (tx, rx) = watch::channel(Phase::Connecting);
         let promoted = Arc::new(AtomicBool::new(item.class == Class::Interactive));
+        let now = Arc::new(Mutex::new(progress::Reading::default()));
         let t = Arc::new(Transfer {
             key: key.clone(),
             part: part.clone(),
             rx,
             promoted: promoted.clone(),
+            now: now.clone(),
         });
         Stats::inc(&self.stats.misses);
         let me = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = me.run(&item, &part, &tx, &promoted).await;
+            let result = me.run(&item, &part, &tx, &promoted, &now).await;
             if let Ok(mut m) = me.inflight.lock() {
                 m.remove(&key);
             }
@@ -458,6 +464,7 @@ impl Fetcher {
         part: &PathBuf,
         tx: &watch::Sender<Phase>,
         promoted: &AtomicBool,
+        now: &Mutex<progress::Reading>,
     ) -> Result<Finished, FetchError> {
         let meta_path = part.with_extension("meta");
         let also = item.expected.as_ref().map(|e| e.checksum.algo);
@@ -571,6 +578,7 @@ impl Fetcher {
                 break (meta.etag.clone(), meta.last_modified.clone(), source);
             }
             rules.use_source(source.rules_kind(), source.to_string());
+            progress::reading(now, &source, p.written);
             let ask = Ask {
                 from: p.written,
                 if_range: meta.etag.clone().or_else(|| meta.last_modified.clone()),

@@ -329,6 +329,11 @@ impl Scheduler {
         self.peers.forget(peer);
     }
 
+    /// How long ago each peer (by node id) was last heard from (see [`share::Peers::heard_ago`]).
+    pub fn heard_ago(&self, now: Instant) -> Vec<(String, Duration)> {
+        self.peers.heard_ago(now)
+    }
+
     /// Should this node announce now? Once per [`share::ANNOUNCE_EVERY`], and at once when its
     /// demand changed since the last announcement.
     pub fn announcement_due(&self, now: Now) -> bool {

@@ -171,6 +171,15 @@ impl Peers {
         v
     }
 
+    /// How long ago each peer (by node id) was last heard from: the site's nodes' "last
+    /// contact" on the dashboard.
+    pub fn heard_ago(&self, now: Instant) -> Vec<(String, Duration)> {
+        self.map
+            .iter()
+            .map(|(k, h)| (k.clone(), now.saturating_duration_since(h.at)))
+            .collect()
+    }
+
     /// The upstream bytes peers announced for the budget period beginning on `period`
     /// (forgotten peers included: their bytes were spent all the same).
     pub fn budget_used(&self, period: Date) -> u64 {

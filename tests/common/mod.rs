@@ -17,6 +17,7 @@
 //!   run `lanmirror verify`. Its stderr goes to `<base>/node.log`, whose tail is
 //!   printed when a test panics.
 //! * [`dnf`]: [`Dnf`], a real dnf 4 client with its own installroot.
+//! * [`browser`]: [`browser::Browser`], headless Chromium through chromedriver (WebDriver).
 //! * [`http`]: [`http_get`], a tiny blocking HTTP/1.1 client over
 //!   `std::net::TcpStream` that reports truncated bodies (`complete == false`).
 //! * [`tmpfs`]: [`Tmpfs`], a small filesystem of the test's own for a node's data directory
@@ -30,6 +31,7 @@
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
+pub mod browser;
 pub mod dnf;
 pub mod hostile;
 pub mod http;
