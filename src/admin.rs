@@ -57,9 +57,13 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, AdminError> {
         path: path.clone(),
         source,
     };
+    let private = std::fs::metadata(&path)
+        .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o077 == 0);
     match std::fs::read_to_string(&path) {
-        Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_string()),
-        Ok(_) => {}
+        Ok(t) if t.trim().len() >= 32 && private => return Ok(t.trim().to_string()),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the admin token was readable by others (or too short): a new one was made")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
@@ -88,9 +92,8 @@ pub enum JobRequest {
     Import {
         dir: PathBuf,
     },
-    Have {
-        out: PathBuf,
-    },
+    /// The have-list comes back in the report; the command line writes it where it was asked.
+    Have {},
 }
 
 impl JobRequest {
@@ -135,6 +138,43 @@ pub struct Admin {
     pub site: SiteAuth,
     token: String,
     job: Mutex<Option<Job>>,
+    /// Set when the node stops: a running job ends after its current file.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Marks the job failed if dropped while it runs (a panic in the job).
+struct Ended<'a>(&'a Mutex<Option<Job>>);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        let mut j = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(j) = j.as_mut().filter(|j| j.status.state == "running") {
+            j.status.state = "failed".into();
+            j.status.error = Some("the job stopped unexpectedly; see the node's log".into());
+        }
+    }
+}
+
+/// Whether `path` is `dir` or under it (compared as far as both exist on disk).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let real = |p: &Path| {
+        // The nearest existing ancestor, resolved, plus the rest.
+        let mut base = p.to_path_buf();
+        let mut rest = Vec::new();
+        while !base.exists() {
+            match (base.file_name().map(|n| n.to_owned()), base.parent()) {
+                (Some(n), Some(parent)) => {
+                    rest.push(n);
+                    base = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut r = std::fs::canonicalize(&base).unwrap_or(base);
+        r.extend(rest.iter().rev());
+        r
+    };
+    real(path).starts_with(real(dir))
 }
 
 /// An answer of the API: status and a JSON body.
@@ -161,7 +201,13 @@ impl Admin {
             site,
             token,
             job: Mutex::new(None),
+            stop: Arc::default(),
         })
+    }
+
+    /// The node is stopping: a running job ends after its current file.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The current or last job, for `/api/status`.
@@ -220,13 +266,20 @@ impl Admin {
     /// Starts `req` as the job, unless one runs.
     fn start(self: &Arc<Self>, req: JobRequest) -> Answer {
         let counters = Arc::new(Counters::default());
+        let stop = self.stop.clone();
         let target = match &req {
-            JobRequest::Export { to, .. } => to,
-            JobRequest::Import { dir } => dir,
-            JobRequest::Have { out } => out,
+            JobRequest::Export { to, .. } => to.clone(),
+            JobRequest::Import { dir } => dir.clone(),
+            JobRequest::Have {} => self.cfg.data_dir(),
         };
         if !target.is_absolute() {
             return refuse(400, "paths must be absolute (they are the node's)");
+        }
+        if matches!(req, JobRequest::Export { .. }) && inside(&target, &self.cfg.data_dir()) {
+            return refuse(
+                400,
+                "a bundle cannot be written inside the node's data directory",
+            );
         }
         let status = JobStatus {
             command: req.name().to_string(),
@@ -256,9 +309,13 @@ impl Admin {
         let watch = Watch {
             counters,
             print: false,
+            stop,
         };
         tokio::task::spawn_blocking(move || {
+            // Whatever happens to the job (even a panic), it does not stay "running".
+            let guard = Ended(&me.job);
             let outcome = me.run(req, watch);
+            std::mem::forget(guard);
             let mut j = me.job.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(j) = j.as_mut() {
                 match outcome {
@@ -295,7 +352,7 @@ impl Admin {
                     watch,
                 }
                 .export(&to, have.as_ref(), &repos)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| sandbox_hint(e.to_string()))?;
                 json(serde_json::to_value(r))
             }
             JobRequest::Import { dir } => {
@@ -308,7 +365,7 @@ impl Admin {
                 };
                 let (r, origin) = tokio::runtime::Handle::current()
                     .block_on(importer.import(&dir))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| sandbox_hint(e.to_string()))?;
                 json(serde_json::to_value(ImportOutcome {
                     report: r,
                     made_by: origin.node_id.to_string(),
@@ -316,18 +373,29 @@ impl Admin {
                     site_key_checked: origin.site_key_checked,
                 }))
             }
-            JobRequest::Have { out } => {
+            JobRequest::Have {} => {
                 let h = bundle::have_list(&self.store, &self.me.id).map_err(|e| e.to_string())?;
                 let bytes = h.encode();
-                std::fs::write(&out, &bytes).map_err(|e| format!("{}: {e}", out.display()))?;
                 json(serde_json::to_value(HaveOutcome {
                     node_id: self.me.id.to_string(),
                     files: h.len() as u64,
                     snapshots: h.header.snapshots.len() as u64,
                     bytes: bytes.len() as u64,
+                    list: crate::hash::hex(&bytes),
                 }))
             }
         }
+    }
+}
+
+/// An error about a path the node cannot reach, with what to do about it.
+fn sandbox_hint(e: String) -> String {
+    if e.contains("Read-only file system") || e.contains("No such file") {
+        format!(
+            "{e} (the node reads and writes bundle paths as its own user, and a sandboxed service sees only some of the filesystem: use a disk under /media, /mnt or /run/media)"
+        )
+    } else {
+        e
     }
 }
 
@@ -348,6 +416,9 @@ pub struct HaveOutcome {
     pub files: u64,
     pub snapshots: u64,
     pub bytes: u64,
+    /// The have-list itself, hex (from a running node: the command line writes the file).
+    #[serde(default)]
+    pub list: String,
 }
 
 // ---------------------------------------------------------------- the command line's side
@@ -362,6 +433,10 @@ pub struct Client {
 
 /// How long one API exchange may take.
 const EXCHANGE: Duration = Duration::from_secs(10);
+
+/// The command line gives up following a job whose progress has not moved for this long (one
+/// file of a bundle takes seconds).
+const STALLED: Duration = Duration::from_secs(600);
 
 impl Client {
     /// The node serving `cfg`'s data directory, if one is running there: its `/api/status`
@@ -404,11 +479,21 @@ impl Client {
         let started = Instant::now();
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let mut last_print = Instant::now();
+        let (mut seen, mut moved) = (Done::default(), Instant::now());
         loop {
             std::thread::sleep(Duration::from_millis(200));
             let body = self.call("GET", "/api/bundle/job", None)?;
             let s: JobStatus =
                 serde_json::from_slice(&body).map_err(|e| AdminError::BadAnswer(e.to_string()))?;
+            if s.progress != seen {
+                (seen, moved) = (s.progress, Instant::now());
+            } else if moved.elapsed() >= STALLED {
+                return Err(AdminError::BadAnswer(format!(
+                    "the node's {} job made no progress for {} minutes; see the node's log",
+                    s.command,
+                    STALLED.as_secs() / 60
+                )));
+            }
             if s.state != "running" {
                 if s.progress.files > 0 {
                     bundle::print_progress(req.name(), &s.progress, started.elapsed(), true, tty);

@@ -25,13 +25,22 @@ pub fn parse_blob_id(s: &str) -> Option<BlobId> {
     if s.len() != 64 {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let hi = (chunk[0] as char).to_digit(16)?;
-        let lo = (chunk[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
+    parse_hex(s)?.try_into().ok()
+}
+
+/// Bytes from hex digits (either case); `None` for an odd length or a non-hex character.
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
     }
-    Some(out)
+    s.as_bytes()
+        .chunks(2)
+        .map(|c| {
+            let hi = (c[0] as char).to_digit(16)?;
+            let lo = (c[1] as char).to_digit(16)?;
+            Some((hi * 16 + lo) as u8)
+        })
+        .collect()
 }
 
 #[derive(Clone)]

@@ -507,7 +507,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, node: Arc<Site>, li
     let io = TokioIo::new(Io::new(buf, stream, limits.write, home.clone()));
     let svc = hyper::service::service_fn(move |req| {
         let node = node.clone();
-        async move { Ok::<_, Infallible>(handle(node, req, local).await) }
+        async move { Ok::<_, Infallible>(handle(node, req, local, peer).await) }
     });
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -894,7 +894,12 @@ impl AsyncWrite for Io {
 
 // ---------------------------------------------------------------- hyper path
 
-async fn handle(node: Arc<Site>, req: Request<Incoming>, local: SocketAddr) -> Response<Body> {
+async fn handle(
+    node: Arc<Site>,
+    req: Request<Incoming>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Response<Body> {
     Stats::inc(&node.stats.requests);
     let target = req.uri().to_string();
     let fields = match respond::read_fields(
@@ -913,6 +918,10 @@ async fn handle(node: Arc<Site>, req: Request<Incoming>, local: SocketAddr) -> R
     };
     let path = req.uri().path().to_string();
     if let Some(tail) = path.strip_prefix("/api/bundle/") {
+        // The command line asks over loopback (or this host's own address), never the LAN.
+        if !(peer.ip().is_loopback() || peer.ip() == local.ip()) {
+            return ServeError::Forbidden.response(&node.stats);
+        }
         return bundle_api(&node, tail, req).await;
     }
     let head = req.method() == Method::HEAD;

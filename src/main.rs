@@ -211,6 +211,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     repos,
                 };
                 let r = job_report(node.run(&req)?)?;
+                if !to.join(bundle::MANIFEST).exists() {
+                    eprintln!(
+                        "WARNING the node wrote the bundle, but {} is not visible from here: a sandboxed service has its own /tmp and sees only some of the filesystem (use a disk under /media, /mnt or /run/media)",
+                        to.join(bundle::MANIFEST).display()
+                    );
+                }
                 return Ok(print_export(&r, &to, &node.node_id));
             }
             let store = open_store(&cfg)?;
@@ -292,10 +298,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Have { config, out } => {
             let cfg = load(config.as_ref())?;
             if let Some(node) = running_node(&cfg)? {
-                let req = JobRequest::Have {
-                    out: absolute(&out)?,
-                };
-                let r: HaveOutcome = job_report(node.run(&req)?)?;
+                let r: HaveOutcome = job_report(node.run(&JobRequest::Have {})?)?;
+                let bytes = lanmirror::hash::parse_hex(&r.list)
+                    .context("the node's have-list is not hex")?;
+                std::fs::write(&out, &bytes)
+                    .with_context(|| format!("writing {}", out.display()))?;
                 print_have(&r, &out);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -310,6 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     files: h.len() as u64,
                     snapshots: h.header.snapshots.len() as u64,
                     bytes: bytes.len() as u64,
+                    list: String::new(),
                 },
                 &out,
             );

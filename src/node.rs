@@ -370,6 +370,8 @@ impl Node {
             admin: self.admin.clone(),
         });
         crate::http::serve(listener, site, &mut shutdown).await;
+        // A bundle job ends after its current file (the runtime waits for it).
+        self.admin.stop();
         let _ = flusher.await;
         for c in chores {
             let _ = tokio::time::timeout(Duration::from_secs(3), c).await;

@@ -1051,9 +1051,17 @@ impl Store {
 
     /// Whether `size` more bytes can be kept without evicting anything: background work
     /// (prefetch) only fills room, it never makes the store evict.
+    /// Background work fills the store up to the cap's low-water mark only (so a client's
+    /// download does not start an eviction at once) and leaves `min_free` after its own bytes.
     pub fn room_for(&self, size: u64) -> bool {
-        self.limits()
-            .is_none_or(|(_, limits)| evict::fits(&limits, &self.usage_reserved(), size))
+        self.limits().is_none_or(|(_, limits)| {
+            let u = self.usage_reserved();
+            limits
+                .cap_low_water()
+                .is_none_or(|low| u.stored.saturating_add(size) <= low)
+                && u.free
+                    .is_none_or(|f| f.saturating_sub(size) >= limits.min_free)
+        })
     }
 
     fn limits(&self) -> Option<(&Policy, Limits)> {
@@ -1072,12 +1080,15 @@ impl Store {
     /// Metadata (under `repodata/`) is always committed: a snapshot needs it whole, and it is
     /// small; the next run evicts something else. Without `[store]` limits this is
     /// [`Store::commit`].
+    /// `may_evict` false (background work nobody waits for): commit only if it fits as it is,
+    /// else pass it through without evicting anything.
     pub async fn commit_or_pass(
         &self,
         batch: Batch,
         key: &str,
         id: &BlobId,
         size: u64,
+        may_evict: bool,
     ) -> Result<bool, StoreError> {
         let Some((policy, limits)) = self.limits() else {
             self.commit(batch).await?;
@@ -1101,6 +1112,15 @@ impl Store {
             return Ok(true);
         }
         drop(reserved);
+        if !may_evict && !metadata {
+            tracing::info!(
+                path = key,
+                bytes = size,
+                "background download not kept: the store has no room without evicting"
+            );
+            self.pass_through(id, size);
+            return Ok(false);
+        }
         // Slow path: one eviction run at a time; the others wait for it, then check again.
         let _run = self.inner.run.lock().await;
         let reserved = Reserved::take(&self.inner.reserved, size);
@@ -1823,6 +1843,9 @@ fn apply<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<i128, S
                         .and_then(|v| BlobMeta::decode(m.id, v.value()))
                     {
                         m.stored_at = old.stored_at;
+                        // A background install (last access 0) never makes a used blob look
+                        // unused.
+                        m.last_access = m.last_access.max(old.last_access);
                         delta -= i128::from(old.size);
                         for c in old.checksums {
                             if !m.checksums.iter().any(|x| x.algo == c.algo) {
@@ -2299,7 +2322,7 @@ mod tests {
         let mut b = Batch::new();
         b.put_blob(m).set_path(key.into(), entry(d.blake3));
         let kept = store
-            .commit_or_pass(b, key, &d.blake3, d.len)
+            .commit_or_pass(b, key, &d.blake3, d.len, true)
             .await
             .unwrap();
         (kept, d)

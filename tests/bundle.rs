@@ -446,13 +446,28 @@ fn bundle_commands_work_on_a_running_node() {
         .permissions();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077, 0);
     let auth = format!("Bearer {}", token.trim());
-    let r = http_request_body(
-        "POST",
-        &url,
-        &[("Authorization", auth.as_str())],
-        b"{\"command\":\"have\",\"out\":\"relative\"}",
+    // with it: a path that is not absolute, or a bundle inside the node's own data directory,
+    // is refused
+    let export_url = format!("{}/api/bundle/export", off.url());
+    for to in [
+        "relative".to_string(),
+        off.data_dir().join("blobs").display().to_string(),
+    ] {
+        let body = format!("{{\"command\":\"export\",\"to\":\"{to}\"}}");
+        let r = http_request_body(
+            "POST",
+            &export_url,
+            &[("Authorization", auth.as_str())],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{to}: {}", r.text());
+    }
+    assert!(
+        !off.data_dir()
+            .join("blobs")
+            .join("lanmirror-bundle.json")
+            .exists()
     );
-    assert_eq!(r.status, 400, "{}", r.text());
 }
 
 /// An import killed mid-way keeps every file it finished: the next run skips them (and a

@@ -255,11 +255,13 @@ impl Counters {
 }
 
 /// Where a bundle command reports its progress: `counters` always, and a line on stderr when
-/// `print` (the command line; not a node).
+/// `print` (the command line; not a node). Setting `stop` ends the command after the file it
+/// is on (a node shutting down); running it again continues.
 #[derive(Debug, Clone)]
 pub struct Watch {
     pub counters: Arc<Counters>,
     pub print: bool,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Watch {
@@ -267,7 +269,20 @@ impl Default for Watch {
         Watch {
             counters: Arc::default(),
             print: true,
+            stop: Arc::default(),
         }
+    }
+}
+
+impl Watch {
+    fn stopped(&self) -> Result<(), BundleError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(BundleError::Other(
+                "stopped because the node is shutting down; run the command again to continue"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -501,6 +516,7 @@ fn export(
     let mut progress = Progress::new("export", plan.len() as u64, total, watch);
     let mut files = Vec::with_capacity(plan.len());
     for (path, blob, size, sha) in plan {
+        watch.stopped()?;
         let dest = to.join(&path);
         let src = store.blob_path(&blob);
         if already_there(&dest, size, &blob) {
@@ -685,6 +701,7 @@ impl Importer<'_> {
         ));
         let outcomes = Mutex::new(Vec::with_capacity(m.files.len()));
         let failed = Mutex::new(None);
+        let stopped = Mutex::new(None);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get() * 2)
@@ -693,6 +710,12 @@ impl Importer<'_> {
             for _ in 0..workers {
                 sc.spawn(|| {
                     loop {
+                        if let Err(e) = self.watch.stopped() {
+                            if let Ok(mut f) = stopped.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(f) = m.files.get(i) else { break };
                         let mut batch = Batch::new();
@@ -720,6 +743,9 @@ impl Importer<'_> {
         });
         if let Some(e) = failed.into_inner().ok().flatten() {
             return Err(e.into());
+        }
+        if let Some(e) = stopped.into_inner().ok().flatten() {
+            return Err(e);
         }
         if let Ok(mut p) = progress.into_inner() {
             p.finish();

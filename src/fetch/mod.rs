@@ -51,10 +51,15 @@ pub use source::{Step, plan};
 /// Size of the pieces readers take from a growing file.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Longest silence allowed from a peer sending background work: it paces by its own
-/// schedule (it may hold while a client of the site downloads), so no minimum rate applies,
-/// but a peer silent this long is left for the next source.
-const BACKGROUND_PEER_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Longest silence allowed from the site's downloader sending background work: it pauses
+/// while a client of the site downloads, but an honest one stops (and says so) after
+/// [`MAX_BACKGROUND_PAUSE`] rather than stay silent.
+const BACKGROUND_PEER_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The pace the site's downloader must keep on average for background work (bytes per second;
+/// see [`crate::peer::transfer_deadline`]): low, for a small share of a capped site, but a peer
+/// that trickles below it is left, as for client downloads.
+const BACKGROUND_PEER_MIN_RATE: u64 = 1024;
 
 /// Something to fetch.
 #[derive(Debug, Clone)]
@@ -110,8 +115,12 @@ pub enum FetchError {
     Interrupted(String),
     /// Background work was told to stop for now (outside its hours, budget spent, or a client
     /// waiting for long); what it received is kept and resumed later.
-    #[error("background work paused: {0:?}")]
+    #[error("background work paused: {0}")]
     Held(crate::uplink::Hold),
+    /// Background work the site's downloader could not send now: asked again later rather
+    /// than taken from upstream by this node (the site takes each file from upstream once).
+    #[error("background work deferred: {0}")]
+    Deferred(String),
 }
 
 impl FetchError {
@@ -170,7 +179,7 @@ pub struct Transfer {
     rx: watch::Receiver<Phase>,
     /// Set when a client waits for a transfer that began as background work: from its next
     /// piece on it is paced as interactive.
-    promoted: Arc<AtomicBool>,
+    promoted: Arc<Promotion>,
     /// Which source it reads now and since when, for the status (`progress`).
     now: Arc<Mutex<progress::Reading>>,
 }
@@ -258,6 +267,53 @@ impl Part {
     }
 }
 
+/// After `left` failed: background work that the site's downloader could not send is deferred
+/// (`FetchError::Deferred`, its part file kept), not taken from upstream by this node.
+fn deferred(left: &Source, class: Class) -> Option<FetchError> {
+    (matches!(left, Source::Downloader(_)) && class == Class::Background)
+        .then(|| FetchError::Deferred(format!("{left} could not send it now")))
+}
+
+/// Whether a client waits for a transfer that began as background work (set once, never
+/// cleared), and a wake-up for the loop reading it from the site's downloader, which must then
+/// ask again as interactive.
+struct Promotion {
+    flag: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Promotion {
+    fn new(interactive: bool) -> Promotion {
+        Promotion {
+            flag: AtomicBool::new(interactive),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// True when this call promoted it (it was background until now).
+    fn promote(&self) -> bool {
+        let first = !self.flag.swap(true, Ordering::Relaxed);
+        if first {
+            // A stored permit: the reading loop sees it even if it is not waiting yet.
+            self.wake.notify_one();
+        }
+        first
+    }
+
+    /// The class the transfer has now.
+    fn class(&self, asked: Class) -> Class {
+        if self.is_set() {
+            Class::Interactive
+        } else {
+            asked
+        }
+    }
+}
+
 /// Longest a background transfer pauses its upstream stream for a client of the site; held
 /// longer (or held by the clock or the budget), it stops and resumes later from its part file,
 /// rather than keep a mirror's connection open (or let it time out) for nothing.
@@ -271,16 +327,21 @@ const MAX_BACKGROUND_PAUSE: std::time::Duration = std::time::Duration::from_secs
 async fn wait_for_uplink(
     t: &mut link::Transfer,
     len: u64,
-    promoted: &AtomicBool,
+    promoted: &Promotion,
 ) -> Result<(), link::Hold> {
     let mut left = len;
     let mut held_since: Option<Instant> = None;
     while left > 0 {
-        if t.class() == Class::Background && promoted.load(Ordering::Relaxed) {
+        if t.class() == Class::Background && promoted.is_set() {
             t.promote();
         }
         let p = t.ask(left, link::Now::system());
         match p.held {
+            Some(_) if promoted.is_set() => {
+                // A client joined meanwhile: ask again at once, as interactive.
+                t.promote();
+                continue;
+            }
             Some(h) => {
                 let since = *held_since.get_or_insert_with(Instant::now);
                 if h != link::Hold::InteractiveBusy || since.elapsed() >= MAX_BACKGROUND_PAUSE {
@@ -391,7 +452,7 @@ impl Fetcher {
         };
         if let Some(t) = map.get(&key) {
             Stats::inc(&self.stats.joined);
-            if item.class == Class::Interactive && !t.promoted.swap(true, Ordering::Relaxed) {
+            if item.class == Class::Interactive && t.promoted.promote() {
                 tracing::info!(repo = %item.repo, path = %item.path,
                     "a client asked for a file being prefetched: its download now goes first");
             }
@@ -406,7 +467,7 @@ impl Fetcher {
         let name = hash::hex(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
         let part = self.store.partial_dir().join(format!("{name}.part"));
         let (tx, rx) = watch::channel(Phase::Connecting);
-        let promoted = Arc::new(AtomicBool::new(item.class == Class::Interactive));
+        let promoted = Arc::new(Promotion::new(item.class == Class::Interactive));
         let now = Arc::new(Mutex::new(progress::Reading::default()));
         let t = Arc::new(Transfer {
             key: key.clone(),
@@ -435,8 +496,8 @@ impl Fetcher {
                 }
                 Ok(Finished::NotModified) => Phase::NotModified,
                 Err(e) => {
-                    if let FetchError::Held(why) = e {
-                        tracing::info!(repo = %item.repo, path = %item.path, reason = ?why,
+                    if matches!(e, FetchError::Held(_) | FetchError::Deferred(_)) {
+                        tracing::info!(repo = %item.repo, path = %item.path, reason = %e,
                             "background download paused; what it received is kept and it resumes later");
                     } else if e.is_uplink_down() {
                         tracing::debug!(repo = %item.repo, path = %item.path, error = %e, "upstream unreachable");
@@ -463,7 +524,7 @@ impl Fetcher {
         item: &Item,
         part: &PathBuf,
         tx: &watch::Sender<Phase>,
-        promoted: &AtomicBool,
+        promoted: &Promotion,
         now: &Mutex<progress::Reading>,
     ) -> Result<Finished, FetchError> {
         let meta_path = part.with_extension("meta");
@@ -585,7 +646,11 @@ impl Fetcher {
                 if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
                 if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
             };
-            let opened = match self.sources.open(item, &source, &ask).await {
+            let opened = match self
+                .sources
+                .open(item, promoted.class(item.class), &source, &ask)
+                .await
+            {
                 Ok(o) => Ok(o),
                 Err(OpenError::Upstream(e)) => Err(e),
                 Err(OpenError::Other(e)) => {
@@ -596,6 +661,9 @@ impl Fetcher {
                         .map_err(io_err)?;
                     if let Next::OtherSource(blame) = step.next {
                         self.sources.blame(&source, &blame);
+                    }
+                    if let Some(e) = deferred(&source, promoted.class(item.class)) {
+                        return Err(e);
                     }
                     source = self.sources.next(item, &mut steps).await;
                     continue 'source;
@@ -650,6 +718,9 @@ impl Fetcher {
                 Next::Read => {}
                 Next::OtherSource(blame) => {
                     self.sources.blame(&source, &blame);
+                    if let Some(e) = deferred(&source, promoted.class(item.class)) {
+                        return Err(e);
+                    }
                     source = self.sources.next(item, &mut steps).await;
                     continue 'source;
                 }
@@ -660,52 +731,61 @@ impl Fetcher {
             let from_upstream = matches!(source, Source::Upstream);
             // Bytes from upstream go through the site's uplink scheduler, in the transfer's
             // class (interactive once a client waits for it).
-            let class = if promoted.load(Ordering::Relaxed) {
-                Class::Interactive
-            } else {
-                item.class
-            };
+            let class = promoted.class(item.class);
             let mut paced = self
                 .uplink
                 .as_ref()
                 .filter(|_| from_upstream)
                 .map(|u| u.transfer(class));
             let mut stream = body.stream;
-            // A peer sending background work paces by its own schedule: only a long silence
-            // counts against it; a client joining makes us ask it again as interactive.
-            let background_peer = matches!(source, Source::Downloader(_))
-                && item.class == Class::Background
-                && !promoted.load(Ordering::Relaxed);
+            // The site's downloader sending background work paces by its own schedule (it
+            // pauses while a client of the site downloads): a lower minimum pace and a limit on
+            // silence apply instead; a client joining makes us ask it again as interactive.
+            let background_peer =
+                matches!(source, Source::Downloader(_)) && class == Class::Background;
             // A peer must keep a minimum pace (deadline from the size it has to send), or the
             // transfer goes on from the next source.
             let mut pace = source
                 .min_rate()
-                .filter(|_| !background_peer)
+                .map(|rate| {
+                    if background_peer {
+                        BACKGROUND_PEER_MIN_RATE
+                    } else {
+                        rate
+                    }
+                })
                 .map(|rate| Pace {
                     start: tokio::time::Instant::now(),
                     rate,
                     remaining: rules.total().map(|t| t.saturating_sub(p.written)),
                     got: 0,
                 });
+            let mut last_piece = tokio::time::Instant::now();
             let step = loop {
-                let next = match &pace {
-                    Some(pc) => match tokio::time::timeout_at(pc.deadline(), stream.next()).await {
-                        Ok(n) => n,
-                        Err(_) => break rules.too_slow(pc.too_slow()),
-                    },
-                    None if background_peer => {
-                        match tokio::time::timeout(BACKGROUND_PEER_IDLE, stream.next()).await {
-                            Ok(n) => n,
-                            Err(_) => {
-                                break rules.too_slow(format!(
-                                    "sent nothing for {} s",
-                                    BACKGROUND_PEER_IDLE.as_secs()
-                                ));
-                            }
-                        }
+                let deadline = pace.as_ref().map(|pc| {
+                    if background_peer {
+                        pc.deadline().min(last_piece + BACKGROUND_PEER_IDLE)
+                    } else {
+                        pc.deadline()
                     }
-                    None => stream.next().await,
+                });
+                let read = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, stream.next()).await.ok(),
+                        None => Some(stream.next().await),
+                    }
                 };
+                let next = tokio::select! {
+                    n = read => match n {
+                        Some(n) => n,
+                        None => {
+                            let why = pace.as_ref().map_or_else(String::new, |pc| pc.too_slow());
+                            break rules.too_slow(why);
+                        }
+                    },
+                    _ = promoted.wake.notified(), if background_peer => break rules.promoted(),
+                };
+                last_piece = tokio::time::Instant::now();
                 let chunk = match next {
                     None => match rules.ended() {
                         Some(step) => break step,
@@ -727,7 +807,7 @@ impl Fetcher {
                 if let Some(pc) = &mut pace {
                     pc.got += chunk.len() as u64;
                 }
-                if background_peer && promoted.load(Ordering::Relaxed) {
+                if background_peer && promoted.is_set() {
                     // Keep nothing of this piece: the source is asked again from p.written.
                     break rules.promoted();
                 }
@@ -797,6 +877,9 @@ impl Fetcher {
                 Next::OtherSource(blame) => {
                     tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "trying the next source");
                     self.sources.blame(&source, &blame);
+                    if let Some(e) = deferred(&source, promoted.class(item.class)) {
+                        return Err(e);
+                    }
                     source = self.sources.next(item, &mut steps).await;
                 }
                 fail @ Next::Fail { .. } => return Err(self.fail(fail, part, &meta_path)),
@@ -815,7 +898,7 @@ impl Fetcher {
         let now = now_secs();
         let mut batch = Batch::new();
         let mut blob = BlobMeta::from_digests(&digests, now);
-        if !promoted.load(Ordering::Relaxed) {
+        if !promoted.is_set() {
             // Stored by background work that no client joined: never used yet (see
             // `prefetch::queue`). A client's fetch later sets the time.
             blob.last_access = 0;
@@ -837,7 +920,13 @@ impl Fetcher {
         // left is protected the blob is passed through instead: readers still get every byte
         // (Done below), nothing is indexed, and the file is deleted after a grace period.
         self.store
-            .commit_or_pass(batch, &item.key(), &digests.blake3, digests.len)
+            .commit_or_pass(
+                batch,
+                &item.key(),
+                &digests.blake3,
+                digests.len,
+                promoted.is_set(),
+            )
             .await?;
         Ok(Finished::Stored(Done {
             blob: digests.blake3,

@@ -234,10 +234,12 @@ impl Sources {
     }
 
     /// Opens `source` for `item` as `ask` says (from `ask.from`; the conditions and the
-    /// resume validator concern upstream only).
+    /// resume validator concern upstream only). `class`: the transfer's class now (a promoted
+    /// background transfer asks the site's downloader as interactive).
     pub(super) async fn open(
         &self,
         item: &Item,
+        class: crate::uplink::Class,
         source: &Source,
         ask: &Ask,
     ) -> Result<Opened, OpenError> {
@@ -248,7 +250,7 @@ impl Sources {
                 .await
                 .map_err(OpenError::Upstream);
         }
-        self.open_other(item, source, ask.from)
+        self.open_other(item, class, source, ask.from)
             .await
             .map(Opened::Body)
             .map_err(OpenError::Other)
@@ -257,6 +259,7 @@ impl Sources {
     async fn open_other(
         &self,
         item: &Item,
+        class: crate::uplink::Class,
         source: &Source,
         from: u64,
     ) -> Result<Box<Body>, String> {
@@ -277,7 +280,7 @@ impl Sources {
                         item.path.as_str(),
                         item.expected.as_ref(),
                         from,
-                        item.class,
+                        class,
                     )
                     .await
                     .map_err(|e| e.to_string())?;

@@ -45,8 +45,10 @@ use crate::uplink::{Class, Hold, Now, Uplink};
 /// failed, room freed on disk).
 const REPLAN_EVERY: Duration = Duration::from_secs(3600);
 
-/// How long the queue waits before asking again when the store has no room.
-const ROOM_RETRY: Duration = Duration::from_secs(60);
+/// How long a file the site's downloader could not send waits before it is asked again, and
+/// how many times; then it counts as failed (planned again next time).
+const DEFER_RETRY: Duration = Duration::from_secs(30);
+const MAX_DEFERRALS: u32 = 3;
 
 /// How many of the next waiting files `/api/status` lists.
 const SHOWN: usize = 10;
@@ -69,14 +71,17 @@ pub struct QueueStatus {
     pub done: usize,
     /// Of those: tried and failed (they are planned again next time).
     pub failed: usize,
+    /// Of those: left out because the store had no room for them without evicting (they are
+    /// planned again next time; prefetch never makes the store evict).
+    pub skipped: usize,
     /// Of those: not tried yet.
     pub waiting: usize,
     pub bytes_done: u64,
     pub bytes_waiting: u64,
     /// The file being fetched now (`repo/path`).
     pub running: Option<String>,
-    /// Why the queue waits now, when it does: `budget_spent`, `outside_window`,
-    /// `interactive_busy` or `disk_full`.
+    /// Why the queue waits now, when it does: `budget_spent`, `outside_window` or
+    /// `interactive_busy`.
     pub held: Option<&'static str>,
     /// When the last plan was made (unix seconds).
     pub planned_at: Option<u64>,
@@ -151,6 +156,17 @@ enum Attempt {
     Done(bool),
     /// The scheduler paused it: try again once background work may run.
     Paused,
+    /// The site's downloader could not send it now: ask again after [`DEFER_RETRY`].
+    Deferred,
+}
+
+/// What became of a planned file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    Failed,
+    /// The store had no room for it without evicting.
+    Skipped,
 }
 
 /// How one waiting period ended.
@@ -202,10 +218,10 @@ impl Queue {
         loop {
             switches.borrow_and_update();
             let trees = match self.plan_all().await {
-                Ok(t) => t,
+                Ok(t) => Arc::new(t),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not plan the prefetch; trying again after the next new metadata");
-                    Vec::new()
+                    Arc::default()
                 }
             };
             match self.work(&trees, &mut switches, &mut stop).await {
@@ -259,30 +275,47 @@ impl Queue {
         Ok(trees)
     }
 
-    /// Fetches the planned files in order.
+    /// Fetches the planned files in order. A file the store has no room for is skipped (the
+    /// ones after it may fit); new metadata, or [`REPLAN_EVERY`], makes a new plan at once.
     async fn work(
         &self,
-        trees: &[TreePlan],
+        trees: &Arc<Vec<TreePlan>>,
         switches: &mut watch::Receiver<u64>,
         stop: &mut watch::Receiver<bool>,
     ) -> Woken {
+        let planned = tokio::time::Instant::now();
         for (ti, t) in trees.iter().enumerate() {
             for (ii, it) in t.items.iter().enumerate() {
-                // A transfer paused by the scheduler is tried again once allowed.
-                loop {
-                    match self.wait_until_allowed(it.size, switches, stop).await {
+                let mut deferrals = 0;
+                let outcome = loop {
+                    if switches.has_changed().unwrap_or(false) || planned.elapsed() >= REPLAN_EVERY
+                    {
+                        return Woken::Replan;
+                    }
+                    match self.wait_until_allowed(switches, stop).await {
                         Woken::Ready => {}
                         other => return other,
                     }
+                    if !self.store.room_for(it.size) {
+                        break Outcome::Skipped;
+                    }
                     match self.fetch_one(t, it, stop).await {
+                        // Paused by the scheduler: tried again once allowed.
                         Some(Attempt::Paused) => continue,
-                        Some(Attempt::Done(ok)) => {
-                            self.count(ok, it.size, trees, ti, ii);
-                            break;
+                        Some(Attempt::Deferred) if deferrals < MAX_DEFERRALS => {
+                            deferrals += 1;
+                            tokio::select! {
+                                _ = tokio::time::sleep(DEFER_RETRY) => continue,
+                                _ = stop.changed() => return Woken::Stop,
+                            }
                         }
+                        Some(Attempt::Deferred) => break Outcome::Failed,
+                        Some(Attempt::Done(true)) => break Outcome::Done,
+                        Some(Attempt::Done(false)) => break Outcome::Failed,
                         None => return Woken::Stop,
                     }
-                }
+                };
+                self.count(outcome, it, trees, ti, ii).await;
             }
         }
         self.state().status.running = None;
@@ -324,6 +357,10 @@ impl Queue {
         Some(match result {
             Ok(_) => Attempt::Done(true),
             Err(FetchError::Held(_)) => Attempt::Paused,
+            Err(FetchError::Deferred(why)) => {
+                tracing::info!(file = %key, reason = %why, "prefetch of a file deferred; asking the site again in {} s", DEFER_RETRY.as_secs());
+                Attempt::Deferred
+            }
             Err(e) => {
                 tracing::info!(file = %key, error = %e, "prefetch of a file failed; it is planned again next time");
                 Attempt::Done(false)
@@ -331,10 +368,9 @@ impl Queue {
         })
     }
 
-    /// Waits until background work may start a file of `size` bytes now.
+    /// Waits until background work may start now.
     async fn wait_until_allowed(
         &self,
-        size: u64,
         switches: &mut watch::Receiver<u64>,
         stop: &mut watch::Receiver<bool>,
     ) -> Woken {
@@ -342,7 +378,6 @@ impl Queue {
             let hold = self.uplink.lock().background_hold(Now::system());
             let (why, retry) = match hold {
                 Some(h) => (hold_name(h), h.retry()),
-                None if !self.store.room_for(size) => ("disk_full", ROOM_RETRY),
                 None => {
                     self.state().status.held = None;
                     return Woken::Ready;
@@ -368,18 +403,36 @@ impl Queue {
         matches!(self.store.blob_by_checksum(c), Ok(Some(_)))
     }
 
-    /// One file of the plan is finished (`ok`: stored or held) or failed.
-    fn count(&self, ok: bool, size: u64, trees: &[TreePlan], ti: usize, ii: usize) {
-        let fresh = ok.then(|| advisories(&self.store, trees));
+    /// One file of the plan is finished. The advisories are computed again (on the blocking
+    /// pool) when the file carried one.
+    async fn count(
+        &self,
+        outcome: Outcome,
+        it: &PlanItem,
+        trees: &Arc<Vec<TreePlan>>,
+        ti: usize,
+        ii: usize,
+    ) {
+        let fresh = if outcome == Outcome::Done && !it.advisories.is_empty() {
+            let (store, trees) = (self.store.clone(), trees.clone());
+            tokio::task::spawn_blocking(move || advisories(&store, &trees))
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let size = it.size;
         let mut st = self.state();
         let s = &mut st.status;
         s.waiting = s.waiting.saturating_sub(1);
         s.bytes_waiting = s.bytes_waiting.saturating_sub(size);
-        if ok {
-            s.done += 1;
-            s.bytes_done += size;
-        } else {
-            s.failed += 1;
+        match outcome {
+            Outcome::Done => {
+                s.done += 1;
+                s.bytes_done += size;
+            }
+            Outcome::Failed => s.failed += 1,
+            Outcome::Skipped => s.skipped += 1,
         }
         s.running = None;
         s.next = next_files(trees, ti, ii + 1);

@@ -143,6 +143,16 @@ pub enum Hold {
     InteractiveBusy,
 }
 
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hold::BudgetSpent => "the monthly budget is spent",
+            Hold::OutsideWindow => "outside the background hours",
+            Hold::InteractiveBusy => "a client of the site is downloading",
+        })
+    }
+}
+
 impl Hold {
     /// How long to wait before asking again.
     pub fn retry(self) -> Duration {
