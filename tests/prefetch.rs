@@ -402,3 +402,85 @@ fn a_spent_budget_stops_background_work_but_not_clients() {
     // a client still gets its download
     site.node.assert_serves(&site.repo.package("lc-1"));
 }
+
+/// A client at node A asks for a file A is prefetching through the site's downloader B: A asks
+/// B again as interactive, so B's transfer goes first too (B says so), and the file still
+/// crosses the uplink once.
+#[test]
+fn a_client_joining_a_prefetch_promotes_it_at_the_sites_downloader_too() {
+    let dir = temp();
+    let names: Vec<String> = (0..8).map(|i| format!("lq-{i}")).collect();
+    let specs: Vec<PkgSpec> = names
+        .iter()
+        .map(|n| PkgSpec::new(n, "1.0", 16 << 10))
+        .collect();
+    let mut repo = RpmRepo::create(&dir.path().join("mirror"), &specs);
+    let up = Upstream::start(repo.dir());
+    let nodes = static_site(2, |i| {
+        let mut o = NodeOpts::new(&up.url());
+        o.extra_toml = format!("[uplink]\nmax_rate = \"{CAP}\"\n");
+        // only A looks for new metadata by itself; B downloads what A asks of it
+        o.scheduled_check_secs = if i == 0 { 1 } else { 0 };
+        o.freshness_secs = 1;
+        o
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    for n in &nodes {
+        assert_eq!(n.get("/test/repodata/repomd.xml").status, 200);
+    }
+    for p in repo.packages() {
+        a.assert_serves(&p);
+    }
+    up.set_down(true);
+    let new: Vec<BuiltPkg> = names
+        .iter()
+        .map(|n| repo.add(&PkgSpec::new(n, "1.1", 2 << 20)))
+        .collect();
+    up.clear_log();
+    up.set_down(false);
+
+    let ids: Vec<lanmirror::peer::NodeId> = nodes
+        .iter()
+        .map(|n| {
+            lanmirror::peer::NodeId::parse(n.status_json()["node_id"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let owner = |p: &BuiltPkg| {
+        lanmirror::peer::rendezvous(&format!("test/{}", p.rel_path), ids.iter().copied()).unwrap()
+    };
+    // wait until A prefetches a file whose downloader is B
+    let mut target = None;
+    let found = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+        let running = prefetch(a)["running"].as_str().map(String::from);
+        target = running.and_then(|r| {
+            new.iter()
+                .find(|p| r == format!("test/{}", p.rel_path) && owner(p) == ids[1])
+                .cloned()
+        });
+        target.is_some()
+    });
+    assert!(found, "A never prefetched a file of B's: {}", prefetch(a));
+    let p = target.unwrap();
+    let r = a.get(&format!("/test/{}", p.rel_path));
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    let promoted_at_b = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        b.log()
+            .contains("a client asked for a file being prefetched")
+    });
+    assert!(
+        promoted_at_b,
+        "B never heard that a client waits:\n{}",
+        b.log_tail(30)
+    );
+    assert!(
+        a.log()
+            .contains("a client asked for a file being prefetched")
+    );
+    assert_eq!(
+        gets(&up, &p.rel_path),
+        1,
+        "{} crossed the uplink once",
+        p.file_name
+    );
+}

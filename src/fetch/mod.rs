@@ -646,11 +646,10 @@ impl Fetcher {
                 if_none_match: item.revalidate.as_ref().and_then(|v| v.0.clone()),
                 if_modified_since: item.revalidate.as_ref().and_then(|v| v.1.clone()),
             };
-            let opened = match self
-                .sources
-                .open(item, promoted.class(item.class), &source, &ask)
-                .await
-            {
+            // The class the source is asked in (a promotion after this point must be told to
+            // the site's downloader by asking it again).
+            let asked_as = promoted.class(item.class);
+            let opened = match self.sources.open(item, asked_as, &source, &ask).await {
                 Ok(o) => Ok(o),
                 Err(OpenError::Upstream(e)) => Err(e),
                 Err(OpenError::Other(e)) => {
@@ -742,7 +741,7 @@ impl Fetcher {
             // pauses while a client of the site downloads): a lower minimum pace and a limit on
             // silence apply instead; a client joining makes us ask it again as interactive.
             let background_peer =
-                matches!(source, Source::Downloader(_)) && class == Class::Background;
+                matches!(source, Source::Downloader(_)) && asked_as == Class::Background;
             // A peer must keep a minimum pace (deadline from the size it has to send), or the
             // transfer goes on from the next source.
             let mut pace = source
