@@ -13,6 +13,7 @@ pub mod evict;
 pub mod fetch;
 pub mod hash;
 pub mod http;
+pub mod lookup;
 pub mod metrics;
 pub mod node;
 pub mod paths;
