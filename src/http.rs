@@ -28,6 +28,13 @@
 //! are served and request paths are checked by `paths` before any I/O. A HEAD request never
 //! starts a download: it is answered from the store, the metadata, or a HEAD upstream. Errors
 //! map to status codes in [`ServeError::status`].
+//!
+//! Whether a request is a hit is [`lookup::find`]'s answer (the same the peer server and the
+//! snapshot refresh get), from one read transaction: a hit goes out on the zero-copy
+//! path; an alias (the same bytes under another path) is listed by the fetch layer
+//! (`Fetcher::list`), then served; a stale mutable file is asked upstream (the transfer
+//! confirms its row on a 304); a miss starts or joins a transfer. This module writes no index
+//! rows; it only notes accesses (`Store::touch`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -55,12 +62,12 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::Config;
 use crate::fetch::{FetchError, Fetcher, Finished, Item, Phase, Transfer};
-use crate::hash::{self, BlobId};
+use crate::lookup::{self, Expect, Found, Held, Lookup};
 use crate::paths::{self, PathError, PathKind, RepoPath};
 use crate::repodata::ChecksumAlgo;
 use crate::respond::{self, BOUNDARY, Conditions, FileInfo, HeadError, Plan};
 use crate::setup::SetupError;
-use crate::snapshot::{SnapshotError, Snapshots, needs_check};
+use crate::snapshot::{SnapshotError, Snapshots};
 use crate::stats::Stats;
 use crate::store::{Expected, PathEntry, Store, now_secs};
 use crate::upstream::HeadInfo;
@@ -332,102 +339,27 @@ fn abort(stream: TcpStream) {
     drop(stream);
 }
 
-/// A hit that can be answered without asking anyone: the blob and when it was stored/confirmed.
-struct Hit {
-    blob: BlobId,
-    modified: u64,
-}
-
-/// Looks a path up in the store only (no upstream): a fresh snapshot file, a stored path, or
-/// a blob with the checksum metadata names for the path.
-fn stored_hit(node: &Site, repo: &str, path: &RepoPath) -> Option<Hit> {
-    match path.kind() {
-        PathKind::RepoMd { tree } => {
-            let s = node.snapshots.fresh(repo, &tree)?;
-            Some(Hit {
-                blob: hash::parse_blob_id(&s.repomd)?,
-                modified: s.fetched_at,
-            })
-        }
-        PathKind::RepoMdCompanion { tree, suffix } => {
-            let s = node.snapshots.fresh(repo, &tree)?;
-            let (_, b) = s.companions.iter().find(|(x, _)| x == suffix)?;
-            Some(Hit {
-                blob: hash::parse_blob_id(b)?,
-                modified: s.fetched_at,
-            })
-        }
-        kind => {
-            let key = format!("{repo}/{path}");
-            if pinned_by_snapshot(path) {
-                // Simple-named metadata changes in place upstream: serve the bytes the
-                // snapshot in service names, by checksum, never a newer upstream copy.
-                if let Ok(Some(exp)) = node.store.expected(&key) {
-                    let blob = node.store.blob_by_checksum(&exp.checksum).ok()??;
-                    return Some(Hit {
-                        blob,
-                        modified: node.store.blob_meta(&blob).ok()??.stored_at,
-                    });
-                }
-            }
-            if let Ok(Some(e)) = node.store.path_entry(&key) {
-                let fresh = kind == PathKind::Immutable
-                    || !needs_check(e.checked_at, now_secs(), node.snapshots.freshness());
-                return fresh.then_some(Hit {
-                    blob: e.blob,
-                    modified: e.checked_at,
-                });
-            }
-            None
-        }
-    }
-}
-
-/// Metadata files with simple (not checksum-prefixed) names: `repodata/primary.xml.gz` and
-/// the like. What they must be comes from the snapshot, not from their upstream freshness.
-fn pinned_by_snapshot(path: &RepoPath) -> bool {
-    path.kind() == PathKind::Mutable && path.parent_dir().ends_with("repodata/")
+/// Looks a request path up in the store only (no upstream, no writes): see [`lookup`].
+fn look_up(node: &Site, repo: &str, path: &RepoPath) -> Result<Lookup, ServeError> {
+    let view = node.store.view().map_err(store_err)?;
+    lookup::find(
+        &view,
+        repo,
+        path,
+        Expect::Index,
+        now_secs(),
+        node.snapshots.freshness(),
+    )
+    .map_err(store_err)
 }
 
 /// Opens a stored blob. Its ETag is made of its SHA-256 (what metadata names, so a file
 /// streamed before it was stored carried the same ETag), else of its BLAKE3.
-fn open_hit(node: &Site, hit: &Hit, name: &str) -> Option<(File, FileInfo)> {
-    let f = File::open(node.store.blob_path(&hit.blob)).ok()?;
+fn open_hit(node: &Site, held: &Held, name: &str) -> Option<(File, FileInfo)> {
+    let f = File::open(node.store.blob_path(&held.blob)).ok()?;
     let len = f.metadata().ok()?.len();
-    Some((
-        f,
-        FileInfo::new(&etag_digest(node, &hit.blob), len, hit.modified, name),
-    ))
-}
-
-/// The digest prefix a blob's ETag shows (see [`respond::etag`]), by blob: a pure function of
-/// the content, remembered so that a hit costs one index read, not two. Bounded: emptied when
-/// full.
-static ETAG_DIGESTS: Mutex<Option<HashMap<BlobId, [u8; 16]>>> = Mutex::new(None);
-const ETAG_DIGESTS_MAX: usize = 8192;
-
-fn etag_digest(node: &Site, blob: &BlobId) -> [u8; 16] {
-    if let Ok(m) = ETAG_DIGESTS.lock()
-        && let Some(d) = m.as_ref().and_then(|m| m.get(blob))
-    {
-        return *d;
-    }
-    let meta = node.store.blob_meta(blob).ok().flatten();
-    let known = meta.is_some();
-    let sha = meta.and_then(|m| m.sha256().map(|c| c.digest.clone()));
-    let src: &[u8] = sha.as_deref().unwrap_or(blob);
-    let mut d = [0u8; 16];
-    let n = src.len().min(16);
-    d[..n].copy_from_slice(&src[..n]);
-    // Only remember what the index said: a blob it does not know yet may be known later.
-    if known && let Ok(mut m) = ETAG_DIGESTS.lock() {
-        let m = m.get_or_insert_with(HashMap::new);
-        if m.len() >= ETAG_DIGESTS_MAX {
-            m.clear();
-        }
-        m.insert(*blob, d);
-    }
-    d
+    let tag: &[u8] = held.sha256.as_ref().map_or(&held.blob, |d| d);
+    Some((f, FileInfo::new(tag, len, held.modified, name)))
 }
 
 // ---------------------------------------------------------------- zero-copy path
@@ -593,10 +525,15 @@ async fn fast_path(node: &Site, stream: &TcpStream, head: &[u8], write_timeout: 
     if node.cfg.repo(&repo).is_none() {
         return Fast::NotMine;
     }
-    let Some(hit) = stored_hit(node, &repo, &path) else {
+    // Only a plain hit: an alias is listed under its path first, on hyper's side.
+    let Ok(Lookup {
+        found: Found::Hit(held),
+        ..
+    }) = look_up(node, &repo, &path)
+    else {
         return Fast::NotMine;
     };
-    let Some((file, info)) = open_hit(node, &hit, path.file_name()) else {
+    let Some((file, info)) = open_hit(node, &held, path.file_name()) else {
         return Fast::NotMine;
     };
     let plan = respond::plan(&fields.conditions, &info);
@@ -637,7 +574,7 @@ async fn fast_path(node: &Site, stream: &TcpStream, head: &[u8], write_timeout: 
     Stats::inc(&node.stats.requests);
     Stats::inc(&node.stats.hits);
     Stats::inc(&node.stats.zero_copy_responses);
-    node.store.touch(&hit.blob);
+    node.store.touch(&held.blob);
     let body = body.filter(|r| !head_only && r.end > r.start);
     if let Err(e) = send_all(stream, out.as_bytes(), body.is_some(), write_timeout).await {
         return Fast::Broken(e);
@@ -1090,146 +1027,75 @@ async fn repo_request(
         return Err(ServeError::NotFound);
     }
     let name = path.file_name().to_string();
-    match path.kind() {
-        PathKind::RepoMd { tree } => {
-            let s = node
-                .snapshots
-                .current(&repo, &tree)
-                .await
-                .map_err(ServeError::Snapshot)?;
-            let blob = hash::parse_blob_id(&s.repomd)
-                .ok_or_else(|| ServeError::Internal("bad snapshot row".into()))?;
-            serve_stored(
-                node,
-                &Hit {
-                    blob,
-                    modified: s.fetched_at,
-                },
-                &name,
-                c,
-                false,
-            )
-            .ok_or_else(|| {
-                ServeError::Internal(
-                    "the snapshot's repomd.xml is missing from the store: run `lanmirror verify`"
-                        .into(),
-                )
-            })
+    if let PathKind::RepoMd { tree } | PathKind::RepoMdCompanion { tree, .. } = path.kind() {
+        // The snapshot module decides which snapshot is served (refreshing it when due).
+        let suffix = companion(&path);
+        let s = node
+            .snapshots
+            .current(&repo, &tree)
+            .await
+            .map_err(ServeError::Snapshot)?;
+        if suffix.is_some_and(|x| !s.companions.iter().any(|(c, _)| c == x)) {
+            return Err(ServeError::NotFound);
         }
-        PathKind::RepoMdCompanion { tree, suffix } => {
-            let s = node
-                .snapshots
-                .current(&repo, &tree)
-                .await
-                .map_err(ServeError::Snapshot)?;
-            let (_, b) = s
-                .companions
-                .iter()
-                .find(|(x, _)| x == suffix)
-                .ok_or(ServeError::NotFound)?;
-            let blob = hash::parse_blob_id(b)
-                .ok_or_else(|| ServeError::Internal("bad snapshot row".into()))?;
-            serve_stored(
-                node,
-                &Hit {
-                    blob,
-                    modified: s.fetched_at,
-                },
-                &name,
-                c,
-                false,
-            )
-            .ok_or(ServeError::NotFound)
-        }
-        kind => {
-            if let Some(hit) = stored_hit(node, &repo, &path)
-                && let Some(r) = serve_stored(node, &hit, &name, c, false)
-            {
-                return Ok(r);
-            }
-            let key = format!("{repo}/{path}");
-            let entry = node.store.path_entry(&key).map_err(store_err)?;
-            let expected = node.store.expected(&key).map_err(store_err)?;
-            let pinned = pinned_by_snapshot(&path) && expected.is_some();
-            if kind == PathKind::Mutable
-                && !pinned
-                && let Some(e) = entry
-            {
-                return revalidate(node, &repo, path, e, c).await;
-            }
-            // The same bytes may be stored under another path (e.g. /9/ and /9.6/).
-            if let Some(r) =
-                stored_elsewhere(node, &key, expected.as_ref(), &name, c, false, true).await?
-            {
-                return Ok(r);
-            }
-            let t = node.fetcher.start(Item {
-                repo,
-                path,
-                expected: expected.clone(),
-                publish: true,
-                revalidate: None,
-                site: true,
-                class: crate::uplink::Class::Interactive,
-            });
-            stream_transfer(node, t, &name, c, expected.as_ref()).await
-        }
+        let view = node.store.view().map_err(store_err)?;
+        let held = lookup::in_snapshot(&view, &s, suffix).map_err(store_err)?;
+        drop(view);
+        return match held.and_then(|h| serve_stored(node, &h, &name, c, false)) {
+            Some(r) => Ok(r),
+            None if suffix.is_some() => Err(ServeError::NotFound),
+            None => Err(ServeError::Internal(
+                "the snapshot's repomd.xml is missing from the store: run `lanmirror verify`"
+                    .into(),
+            )),
+        };
     }
+    let l = look_up(node, &repo, &path)?;
+    match &l.found {
+        Found::Hit(held) => {
+            if let Some(r) = serve_stored(node, held, &name, c, false) {
+                return Ok(r);
+            }
+            // Gone since the lookup (evicted): fetched again below.
+        }
+        Found::Alias(held) => {
+            // The same bytes under another path (e.g. /9/ and /9.6/): the fetch layer lists
+            // them under this one too, so its next request is a plain hit.
+            if let Err(e) = node.fetcher.list(format!("{repo}/{path}"), held).await {
+                tracing::warn!(repo, path = %path, error = %e, "could not list stored bytes under another path; served all the same");
+            }
+            if let Some(r) = serve_stored(node, held, &name, c, false) {
+                return Ok(r);
+            }
+        }
+        Found::Revalidate { held, entry } => {
+            return revalidate(node, &repo, path, held, entry, c).await;
+        }
+        Found::Miss => {}
+    }
+    let t = node.fetcher.start(Item {
+        repo,
+        path,
+        expected: l.expected.clone(),
+        publish: true,
+        revalidate: None,
+        site: true,
+        class: crate::uplink::Class::Interactive,
+    });
+    stream_transfer(node, t, &name, c, l.expected.as_ref()).await
 }
 
-/// The bytes metadata names for `key`, when they are stored under another path: served, and
-/// (`link`) recorded under this path too.
-async fn stored_elsewhere(
-    node: &Arc<Site>,
-    key: &str,
-    expected: Option<&Expected>,
-    name: &str,
-    c: &Conditions<'_>,
-    head: bool,
-    link: bool,
-) -> Result<Option<Response<Body>>, ServeError> {
-    let Some(exp) = expected else {
-        return Ok(None);
-    };
-    let Some(blob) = node
-        .store
-        .blob_by_checksum(&exp.checksum)
-        .map_err(store_err)?
-    else {
-        return Ok(None);
-    };
-    if !node.store.blob_path(&blob).exists() {
-        return Ok(None);
+/// `Some(".asc")` for `repodata/repomd.xml.asc` and the like; none for any other path.
+fn companion(path: &RepoPath) -> Option<&'static str> {
+    match path.kind() {
+        PathKind::RepoMdCompanion { suffix, .. } => Some(suffix),
+        _ => None,
     }
-    let now = now_secs();
-    if link {
-        let mut b = crate::store::Batch::new();
-        b.set_path(
-            key.to_string(),
-            PathEntry {
-                blob,
-                checked_at: now,
-                etag: None,
-                last_modified: None,
-            },
-        );
-        node.store.commit(b).await.map_err(store_err)?;
-    }
-    Ok(serve_stored(
-        node,
-        &Hit {
-            blob,
-            modified: now,
-        },
-        name,
-        c,
-        head,
-    ))
 }
 
 /// A HEAD request. It never starts a download: it is answered from what is stored (even a
-/// copy due for a freshness check), else from metadata (the size `primary.xml` names), else
-/// by a HEAD request upstream.
+/// copy due for a freshness check, or the same bytes under another path), else from metadata
+/// (the size `primary.xml` names), else by a HEAD request upstream.
 async fn head_request(
     node: &Arc<Site>,
     raw: &str,
@@ -1240,58 +1106,27 @@ async fn head_request(
         return Err(ServeError::NotFound);
     }
     let name = path.file_name().to_string();
-    if let Some(hit) = stored_hit(node, &repo, &path)
-        && let Some(r) = serve_stored(node, &hit, &name, c, true)
+    let l = look_up(node, &repo, &path)?;
+    if let Found::Hit(held) | Found::Alias(held) | Found::Revalidate { held, .. } = &l.found
+        && let Some(r) = serve_stored(node, held, &name, c, true)
     {
         return Ok(r);
     }
-    let kind = path.kind();
-    match &kind {
-        PathKind::RepoMd { tree } | PathKind::RepoMdCompanion { tree, .. } => {
+    match path.kind() {
+        PathKind::RepoMdCompanion { tree, suffix } => {
             if let Some(s) = node
                 .store
                 .snapshot(&format!("{repo}/{tree}"))
                 .map_err(store_err)?
+                && !s.companions.iter().any(|(x, _)| x == suffix)
             {
-                let blob = match &kind {
-                    PathKind::RepoMdCompanion { suffix, .. } => s
-                        .companions
-                        .iter()
-                        .find(|(x, _)| x == suffix)
-                        .and_then(|(_, b)| hash::parse_blob_id(b)),
-                    _ => hash::parse_blob_id(&s.repomd),
-                };
-                let Some(blob) = blob else {
-                    // The snapshot says the tree has no such companion.
-                    return Err(ServeError::NotFound);
-                };
-                let hit = Hit {
-                    blob,
-                    modified: s.fetched_at,
-                };
-                if let Some(r) = serve_stored(node, &hit, &name, c, true) {
-                    return Ok(r);
-                }
+                // The snapshot says the tree has no such companion.
+                return Err(ServeError::NotFound);
             }
         }
+        PathKind::RepoMd { .. } => {}
         _ => {
-            let key = format!("{repo}/{path}");
-            if let Some(e) = node.store.path_entry(&key).map_err(store_err)? {
-                let hit = Hit {
-                    blob: e.blob,
-                    modified: e.checked_at,
-                };
-                if let Some(r) = serve_stored(node, &hit, &name, c, true) {
-                    return Ok(r);
-                }
-            }
-            let expected = node.store.expected(&key).map_err(store_err)?;
-            if let Some(r) =
-                stored_elsewhere(node, &key, expected.as_ref(), &name, c, true, false).await?
-            {
-                return Ok(r);
-            }
-            if let Some(exp) = &expected
+            if let Some(exp) = &l.expected
                 && let Some(len) = exp.size
             {
                 let info = FileInfo::with(len, metadata_etag(Some(exp)), now_secs(), &name);
@@ -1362,61 +1197,43 @@ fn upstream_head_answer(up: &HeadInfo, name: &str, c: &Conditions<'_>) -> Respon
     }
 }
 
-/// A mutable file whose stored copy is older than the freshness window.
+/// A mutable file whose stored copy (`held`, listed as `entry`) is older than the freshness
+/// window: asked upstream with its validators. A 304 confirms it (the transfer moves the row's
+/// check time); when upstream cannot be asked the stored copy is served as stale.
 async fn revalidate(
     node: &Arc<Site>,
     repo: &str,
     path: RepoPath,
-    e: PathEntry,
+    held: &Held,
+    entry: &PathEntry,
     c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
     let name = path.file_name().to_string();
-    let key = format!("{repo}/{path}");
-    let stale = Hit {
-        blob: e.blob,
-        modified: e.checked_at,
-    };
     if node.fetcher.upstream().is_offline(repo) {
         Stats::inc(&node.stats.stale_served);
-        return serve_stored(node, &stale, &name, c, false).ok_or(ServeError::NotFound);
+        return serve_stored(node, held, &name, c, false).ok_or(ServeError::NotFound);
     }
     let t = node.fetcher.start(Item {
         repo: repo.to_string(),
         path,
         expected: None,
         publish: true,
-        revalidate: Some((e.etag.clone(), e.last_modified.clone())),
+        revalidate: Some((entry.etag.clone(), entry.last_modified.clone())),
         site: false,
         class: crate::uplink::Class::Interactive,
     });
     match t.started().await {
         Phase::NotModified => {
-            let mut b = crate::store::Batch::new();
-            let now = now_secs();
-            b.set_path(
-                key,
-                PathEntry {
-                    checked_at: now,
-                    ..e
-                },
-            );
-            node.store.commit(b).await.map_err(store_err)?;
-            serve_stored(
-                node,
-                &Hit {
-                    blob: stale.blob,
-                    modified: now,
-                },
-                &name,
-                c,
-                false,
-            )
-            .ok_or(ServeError::NotFound)
+            let confirmed = Held {
+                modified: now_secs(),
+                ..held.clone()
+            };
+            serve_stored(node, &confirmed, &name, c, false).ok_or(ServeError::NotFound)
         }
         Phase::Failed(err) if !err.is_not_found() => {
             Stats::inc(&node.stats.stale_served);
             tracing::debug!(repo, error = %err, "revalidation failed; serving the stored copy");
-            serve_stored(node, &stale, &name, c, false).ok_or(ServeError::Fetch(err))
+            serve_stored(node, held, &name, c, false).ok_or(ServeError::Fetch(err))
         }
         _ => stream_transfer(node, t, &name, c, None).await,
     }
@@ -1442,17 +1259,18 @@ async fn stream_transfer(
         }
         _ => match t.wait().await.map_err(ServeError::Fetch)? {
             Finished::Stored(d) => {
-                return serve_stored(
-                    node,
-                    &Hit {
+                let held = match node.store.blob_meta(&d.blob) {
+                    Ok(Some(m)) => Held::of(&m, now_secs()),
+                    // Passed through (never indexed): its file stays in place for a while.
+                    _ => Held {
                         blob: d.blob,
+                        size: d.size,
                         modified: now_secs(),
+                        sha256: None,
                     },
-                    name,
-                    c,
-                    false,
-                )
-                .ok_or_else(|| ServeError::Internal("stored file vanished".into()));
+                };
+                return serve_stored(node, &held, name, c, false)
+                    .ok_or_else(|| ServeError::Internal("stored file vanished".into()));
             }
             Finished::NotModified => {
                 return Err(ServeError::Internal("unexpected 304 from a fetch".into()));
@@ -1543,12 +1361,12 @@ fn stream_body(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Bod
 /// Answers from a stored blob; `None` when its file is gone (the caller treats that as a miss).
 fn serve_stored(
     node: &Site,
-    hit: &Hit,
+    held: &Held,
     name: &str,
     c: &Conditions<'_>,
     head: bool,
 ) -> Option<Response<Body>> {
-    let (file, info) = open_hit(node, hit, name)?;
+    let (file, info) = open_hit(node, held, name)?;
     let plan = respond::plan(c, &info);
     let body = if head {
         empty()
@@ -1583,7 +1401,7 @@ fn serve_stored(
     if !head {
         Stats::add(&node.stats.bytes_served, plan.body_len(&info));
     }
-    node.store.touch(&hit.blob);
+    node.store.touch(&held.blob);
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(plan.status()).unwrap_or(StatusCode::OK);
     for (k, v) in respond::fields(&plan, &info) {

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod hash;
 pub mod history;
 pub mod http;
+pub mod lookup;
 pub mod metrics;
 pub mod node;
 pub mod paths;

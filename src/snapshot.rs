@@ -15,7 +15,9 @@
 //! newer than ours ([`revision_is_newer`]): nothing moves a node back.
 //!
 //! The freshness and revision policies ([`needs_check`], [`revision_is_newer`]) are pure;
-//! everything else here drives `fetch`.
+//! everything else here drives `fetch`. Whether a file a new repomd.xml names is stored
+//! already is `lookup`'s answer, by the checksum the new repomd.xml gives (held under another
+//! path: `Fetcher::list` lists it under this one).
 //! This module does not serve HTTP and does not parse XML itself (`repodata` does).
 
 use std::collections::{HashMap, HashSet};
@@ -27,11 +29,12 @@ use futures_util::StreamExt;
 use crate::config::MetadataConfig;
 use crate::fetch::{FetchError, Fetcher, Finished, Item};
 use crate::hash::{self, BlobId};
+use crate::lookup::{self, Expect, Found};
 use crate::paths::{REPOMD_COMPANIONS, RepoPath};
 use crate::peer::{self, ContentRef, Peer, Peers, wire};
 use crate::repodata::{self, Compression, RepoMdRecord};
 use crate::stats::Stats;
-use crate::store::{Batch, Expected, Origin, PathEntry, Snapshot, Store, now_secs};
+use crate::store::{Batch, Expected, Origin, Snapshot, Store, now_secs};
 
 /// How long a request for repomd.xml waits for a refresh when a snapshot can be served.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
@@ -203,13 +206,6 @@ impl Snapshots {
 
     pub fn freshness(&self) -> Duration {
         self.cfg.freshness()
-    }
-
-    /// The snapshot of a tree if it may be served without asking upstream: no I/O but an index
-    /// read. Used by the zero-copy hit path.
-    pub fn fresh(&self, repo: &str, tree: &str) -> Option<Snapshot> {
-        let s = self.store.snapshot(&format!("{repo}/{tree}")).ok()??;
-        (!needs_check(s.checked_at, now_secs(), self.cfg.freshness())).then_some(s)
     }
 
     /// The tree's snapshot if its repomd.xml and companions are all on disk. One whose files
@@ -924,28 +920,33 @@ impl Snapshots {
         p: RepoPath,
         exp: Expected,
     ) -> Result<(RepoMdRecord, BlobId), SnapshotError> {
-        let key = format!("{repo}/{p}");
         let store_err = |e: crate::store::StoreError| SnapshotError::Store(e.to_string());
-        if let Some(blob) = self
+        // By what the new repomd.xml names, not the index (it still says the old one).
+        let found = self
             .store
-            .blob_by_checksum(&exp.checksum)
+            .view()
+            .and_then(|v| {
+                lookup::find(
+                    &v,
+                    repo,
+                    &p,
+                    Expect::Given(&exp),
+                    now_secs(),
+                    self.cfg.freshness(),
+                )
+            })
             .map_err(store_err)?
-        {
-            let listed = self.store.path_entry(&key).map_err(store_err)?;
-            if listed.is_none_or(|e| e.blob != blob) {
-                let mut b = Batch::new();
-                b.set_path(
-                    key,
-                    PathEntry {
-                        blob,
-                        checked_at: now_secs(),
-                        etag: None,
-                        last_modified: None,
-                    },
-                );
-                self.store.commit(b).await.map_err(store_err)?;
+            .found;
+        match found {
+            Found::Hit(held) => return Ok((r, held.blob)),
+            Found::Alias(held) => {
+                self.fetcher
+                    .list(format!("{repo}/{p}"), &held)
+                    .await
+                    .map_err(|e| SnapshotError::Store(e.to_string()))?;
+                return Ok((r, held.blob));
             }
-            return Ok((r, blob));
+            Found::Revalidate { .. } | Found::Miss => {}
         }
         let exp_check = exp.checksum.clone();
         let item = Item {
@@ -999,20 +1000,23 @@ impl Snapshots {
             .map_err(|e| SnapshotError::Store(e.to_string()))??;
         let n = rows.len();
         let mut replaced = 0;
+        let view = self
+            .store
+            .view()
+            .map_err(|e| SnapshotError::Store(e.to_string()))?;
         for (k, e) in rows {
-            // A package rebuilt under the same file name: the stored copy is no longer it.
-            if let Ok(Some(pe)) = self.store.path_entry(&k)
-                && let Ok(Some(meta)) = self.store.blob_meta(&pe.blob)
-                && meta
-                    .checksums
-                    .iter()
-                    .any(|c| c.algo == e.checksum.algo && c.digest != e.checksum.digest)
+            // A package rebuilt under the same file name: the stored copy is no longer it (by
+            // the rule lookups go by).
+            if let Ok(Some(pe)) = view.path_entry(&k)
+                && let Ok(Some(meta)) = view.blob_meta(&pe.blob)
+                && !lookup::agrees(&meta, Some(&e))
             {
                 batch.remove_path(k.clone());
                 replaced += 1;
             }
             batch.put_expected(k, e);
         }
+        drop(view);
         if replaced > 0 {
             tracing::info!(repo = %repo_name, packages = replaced, "packages changed upstream under the same name; the stored copies are dropped from the listing");
         }

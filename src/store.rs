@@ -657,6 +657,63 @@ impl Drop for Inner {
     }
 }
 
+/// Rows of the index as of one moment ([`Store::view`]): reads only.
+pub struct View<'a> {
+    store: &'a Store,
+    tx: redb::ReadTransaction,
+}
+
+impl View<'_> {
+    /// Where the blob's file is (whether it is there is the caller's question).
+    pub fn blob_path(&self, id: &BlobId) -> PathBuf {
+        self.store.blob_path(id)
+    }
+
+    /// The row `key` of a table keyed by name, decoded; a row that does not decode is an error.
+    fn named<T>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let t = db_err!(self.tx.open_table(table))?;
+        let Some(v) = db_err!(t.get(key))? else {
+            return Ok(None);
+        };
+        decode(v.value())
+            .map(Some)
+            .ok_or_else(|| StoreError::CorruptRow { key: key.into() })
+    }
+
+    pub fn path_entry(&self, key: &str) -> Result<Option<PathEntry>, StoreError> {
+        self.named(PATHS, key, PathEntry::decode)
+    }
+
+    pub fn blob_meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        let t = db_err!(self.tx.open_table(BLOBS))?;
+        match db_err!(t.get(id.as_slice()))? {
+            None => Ok(None),
+            Some(v) => BlobMeta::decode(*id, v.value())
+                .map(Some)
+                .ok_or_else(|| StoreError::CorruptRow { key: hash::hex(id) }),
+        }
+    }
+
+    /// The blob whose digest of `c.algo` is `c`, if one is stored.
+    pub fn blob_by_checksum(&self, c: &Checksum) -> Result<Option<BlobId>, StoreError> {
+        let t = db_err!(self.tx.open_table(ALIASES))?;
+        Ok(db_err!(t.get(alias_key(c).as_slice()))?.and_then(|v| v.value().try_into().ok()))
+    }
+
+    pub fn expected(&self, key: &str) -> Result<Option<Expected>, StoreError> {
+        self.named(EXPECTED, key, Expected::decode)
+    }
+
+    pub fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.named(SNAPSHOTS, key, |b| serde_json::from_slice(b).ok())
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store under `root`, then runs start-up recovery.
     pub fn open(root: &Path) -> Result<(Self, Recovery), StoreError> {
@@ -759,55 +816,35 @@ impl Store {
 
     // ---- reads: each its own read transaction; never waits for the writer ----
 
+    /// A read-only view of the index: one read transaction, so every read through it sees the
+    /// same moment (MVCC: the writer never waits for it, nor it for the writer). Drop it soon:
+    /// pages it sees cannot be reused until then.
+    pub fn view(&self) -> Result<View<'_>, StoreError> {
+        Ok(View {
+            store: self,
+            tx: db_err!(self.inner.db.begin_read())?,
+        })
+    }
+
     pub fn path_entry(&self, key: &str) -> Result<Option<PathEntry>, StoreError> {
-        let tx = db_err!(self.inner.db.begin_read())?;
-        let t = db_err!(tx.open_table(PATHS))?;
-        match db_err!(t.get(key))? {
-            None => Ok(None),
-            Some(v) => PathEntry::decode(v.value())
-                .map(Some)
-                .ok_or_else(|| StoreError::CorruptRow { key: key.into() }),
-        }
+        self.view()?.path_entry(key)
     }
 
     pub fn blob_meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
-        let tx = db_err!(self.inner.db.begin_read())?;
-        let t = db_err!(tx.open_table(BLOBS))?;
-        match db_err!(t.get(id.as_slice()))? {
-            None => Ok(None),
-            Some(v) => BlobMeta::decode(*id, v.value())
-                .map(Some)
-                .ok_or_else(|| StoreError::CorruptRow { key: hash::hex(id) }),
-        }
+        self.view()?.blob_meta(id)
     }
 
     /// The blob whose digest of `c.algo` is `c`, if one is stored.
     pub fn blob_by_checksum(&self, c: &Checksum) -> Result<Option<BlobId>, StoreError> {
-        let tx = db_err!(self.inner.db.begin_read())?;
-        let t = db_err!(tx.open_table(ALIASES))?;
-        Ok(db_err!(t.get(alias_key(c).as_slice()))?.and_then(|v| v.value().try_into().ok()))
+        self.view()?.blob_by_checksum(c)
     }
 
     pub fn expected(&self, key: &str) -> Result<Option<Expected>, StoreError> {
-        let tx = db_err!(self.inner.db.begin_read())?;
-        let t = db_err!(tx.open_table(EXPECTED))?;
-        match db_err!(t.get(key))? {
-            None => Ok(None),
-            Some(v) => Expected::decode(v.value())
-                .map(Some)
-                .ok_or_else(|| StoreError::CorruptRow { key: key.into() }),
-        }
+        self.view()?.expected(key)
     }
 
     pub fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, StoreError> {
-        let tx = db_err!(self.inner.db.begin_read())?;
-        let t = db_err!(tx.open_table(SNAPSHOTS))?;
-        match db_err!(t.get(key))? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|_| StoreError::CorruptRow { key: key.into() }),
-        }
+        self.view()?.snapshot(key)
     }
 
     pub fn snapshots(&self) -> Result<Vec<(String, Snapshot)>, StoreError> {

@@ -140,6 +140,9 @@ fn in_place_files_are_revalidated() {
         "{last:?}"
     );
     assert_eq!(last.status, 304);
+    // The 304 confirmed the stored copy for another window: the next read is a hit.
+    assert_eq!(node.get("/test/RPM-GPG-KEY-lm").text(), "key one\n");
+    assert_eq!(up.count("RPM-GPG-KEY"), 2, "{:?}", up.requests());
 
     std::thread::sleep(Duration::from_millis(1100)); // a new mtime second for the validator
     std::fs::write(root.join("RPM-GPG-KEY-lm"), "key two, longer\n").unwrap();
@@ -165,10 +168,21 @@ fn the_same_package_under_two_paths_is_one_blob() {
     assert_eq!(site.get_pkg("lm-dup").status, 200);
     assert_eq!(site.node.get("/alias/repodata/repomd.xml").status, 200);
     site.up.clear_log();
-    let r = site.node.get(&format!("/alias/{}", p.rel_path));
+    let alias = format!("/alias/{}", p.rel_path);
+    let r = site.node.get(&alias);
     assert_eq!(r.status, 200);
     assert_eq!(sha256_hex(&r.body), p.sha256_hex);
     assert_eq!(site.up.count(".rpm"), 0, "{:?}", site.up.requests());
+    // Listed under the second path now: a plain hit, answered on the zero-copy path.
+    let zero_copy = || {
+        site.node.status_json()["zero_copy_responses"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = zero_copy();
+    let r = site.node.get(&alias);
+    assert_eq!(sha256_hex(&r.body), p.sha256_hex);
+    assert_eq!(zero_copy(), before + 1);
     let copies = site
         .node
         .blob_files()

@@ -12,8 +12,12 @@
 //! readers get an error (so their connection is aborted, never ended cleanly). Transfers run as
 //! their own tasks: a client that goes away does not cancel them.
 //!
-//! Not here: deciding whether a request is a hit (the `http` and `snapshot` modules), parsing
-//! metadata, or choosing mirrors (the `upstream` module).
+//! Path rows for served content are written here: at the end of a transfer (`Item::publish`),
+//! when upstream confirms a stored copy (a 304 moves its check time), and when bytes held under
+//! another path are listed under a new one ([`Fetcher::list`]).
+//!
+//! Not here: deciding whether a request is a hit (`lookup`), parsing metadata, or choosing
+//! mirrors (the `upstream` module).
 
 use std::collections::HashMap;
 use std::io;
@@ -71,7 +75,8 @@ pub struct Item {
     /// Record a path row when done. False for repomd.xml and its companions, which only a
     /// complete metadata snapshot publishes.
     pub publish: bool,
-    /// `(etag, last_modified)` of a stored copy: ask upstream conditionally.
+    /// `(etag, last_modified)` of a stored copy: ask upstream conditionally. A 304 confirms
+    /// it: with `publish`, its path row's check time moves to now.
     pub revalidate: Option<(Option<String>, Option<String>)>,
     /// Peers of the site may supply it (false when a peer asked us, so requests never
     /// travel in circles).
@@ -672,6 +677,9 @@ impl Fetcher {
                 Ok(Opened::NotModified) => {
                     drop(p);
                     let _ = std::fs::remove_file(part);
+                    if item.publish {
+                        self.confirm(item).await?;
+                    }
                     return Ok(Finished::NotModified);
                 }
                 Ok(Opened::Body(b)) => b,
@@ -936,6 +944,46 @@ impl Fetcher {
             from: source.origin(),
             source: source.counted_as(),
         }))
+    }
+
+    /// Upstream said the stored copy of a published path is current (a 304 to
+    /// `Item::revalidate`'s validators): its row's check time moves to now. A row that changed
+    /// meanwhile (other validators) is left alone.
+    async fn confirm(&self, item: &Item) -> Result<(), FetchError> {
+        let key = item.key();
+        let Some(e) = self.store.path_entry(&key)? else {
+            return Ok(());
+        };
+        if item.revalidate != Some((e.etag.clone(), e.last_modified.clone())) {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        b.set_path(
+            key,
+            PathEntry {
+                checked_at: now_secs(),
+                ..e
+            },
+        );
+        Ok(self.store.commit(b).await?)
+    }
+
+    /// Lists bytes already stored under another path (a `lookup::Found::Alias`: the checksum
+    /// metadata names for `key` is a blob we hold) under `key` too, as a transfer that fetched
+    /// them would have: from now on the path is a hit of its own, exported and protected with
+    /// its repo. A blob evicted meanwhile is not listed (`Store::commit` checks).
+    pub async fn list(&self, key: String, held: &crate::lookup::Held) -> Result<(), FetchError> {
+        let mut b = Batch::new();
+        b.set_path(
+            key,
+            PathEntry {
+                blob: held.blob,
+                checked_at: held.modified,
+                etag: None,
+                last_modified: None,
+            },
+        );
+        Ok(self.store.commit(b).await?)
     }
 
     /// Empties the part file as a step of the rules says, and tells readers (the new length,

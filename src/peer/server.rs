@@ -13,6 +13,10 @@
 //! answered with the snapshot in service, as it is. So two nodes that briefly disagree about who
 //! the downloader is cannot ask each other in a circle.
 //!
+//! Whether something is held (`Have`, `Get`, a `Download` this node can answer from its store)
+//! is `lookup`'s answer, the same the HTTP side gets: the row and the file, checked against
+//! this node's own metadata before the asker's.
+//!
 //! Every request is checked like an HTTP request (configured repo with the same upstream URLs,
 //! a path that stays inside it) before any I/O; anything malformed gets an error answer on that
 //! stream only.
@@ -30,10 +34,11 @@ use super::{ContentRef, MAX_PENDING, NodeId, Peers, Role, SiteAuth, identity, re
 use crate::config::Config;
 use crate::fetch::{Fetcher, Item, Phase};
 use crate::hash::{self, BlobId};
+use crate::lookup::{self, Expect, Found};
 use crate::paths::{PathKind, RepoPath};
 use crate::snapshot::Snapshots;
 use crate::stats::Stats;
-use crate::store::Store;
+use crate::store::{Store, View, now_secs};
 use crate::uplink::Class;
 
 /// How long a connecting node has for the handshake and for its hello.
@@ -356,24 +361,27 @@ async fn stream(
             // Up to `MAX_HAVE` index reads: on the blocking pool, not an async worker.
             let store = local.store.clone();
             let have = tokio::task::spawn_blocking(move || {
+                let view = store.view();
                 checksums
                     .iter()
-                    .map(|c| holds(&store, c).is_some())
+                    .map(|c| view.as_ref().is_ok_and(|v| holds(v, c).is_some()))
                     .collect()
             })
             .await
             .map_err(|e| e.to_string())?;
             Response::Holding { have }
         }
-        Request::Get { checksum, offset } => match holds(&local.store, &checksum) {
-            Some(blob) => {
-                let blake3 = hash::hex(&blob);
-                return local
-                    .send_held(send, blob, offset, |size| Response::Blob { size, blake3 })
-                    .await;
+        Request::Get { checksum, offset } => {
+            match local.store.view().ok().and_then(|v| holds(&v, &checksum)) {
+                Some(blob) => {
+                    let blake3 = hash::hex(&blob);
+                    return local
+                        .send_held(send, blob, offset, |size| Response::Blob { size, blake3 })
+                        .await;
+                }
+                None => error(ErrorKind::NotFound, "not held here"),
             }
-            None => error(ErrorKind::NotFound, "not held here"),
-        },
+        }
         Request::Download {
             repo,
             upstream,
@@ -414,16 +422,14 @@ async fn stream(
     Ok(())
 }
 
-/// The stored blob a content reference names, if its file is there. Blocking (index reads).
-fn holds(store: &Store, text: &str) -> Option<BlobId> {
-    let blob = match ContentRef::parse(text)? {
-        ContentRef::Blake3(b) => {
-            store.blob_meta(&b).ok()??;
-            b
-        }
-        ContentRef::Sum(c) => store.blob_by_checksum(&c).ok()??,
+/// The stored blob a content reference names, if it is held (`lookup`: its row, and its file
+/// in place). Blocking (an index read and a `stat`).
+fn holds(view: &View<'_>, text: &str) -> Option<BlobId> {
+    let held = match ContentRef::parse(text)? {
+        ContentRef::Blake3(b) => lookup::blob(view, &b),
+        ContentRef::Sum(c) => lookup::checksum(view, &c),
     };
-    store.blob_path(&blob).exists().then_some(blob)
+    held.ok().flatten().map(|h| h.blob)
 }
 
 /// The fields of a `Download` request, as this node serves it.
@@ -566,16 +572,27 @@ impl Local {
                 return Ok(());
             }
         };
-        let key = format!("{repo}/{p}");
         // What this node's own metadata says wins over what the asker says.
-        let expected = self.store.expected(&key).ok().flatten().or(theirs);
-        let held = match &expected {
-            Some(e) => self.store.blob_by_checksum(&e.checksum).ok().flatten(),
-            None => self.store.path_entry(&key).ok().flatten().map(|e| e.blob),
+        let found = self.store.view().and_then(|v| {
+            lookup::find(
+                &v,
+                &repo,
+                &p,
+                Expect::IndexOr(theirs.as_ref()),
+                now_secs(),
+                self.snapshots.freshness(),
+            )
+        });
+        let (found, expected) = match found {
+            Ok(l) => (l.found, l.expected),
+            Err(e) => {
+                tracing::debug!(repo, path = %p, error = %e, "index unreadable; fetching");
+                (Found::Miss, theirs)
+            }
         };
-        if let Some(blob) = held.filter(|b| self.store.blob_path(b).exists()) {
+        if let Found::Hit(held) | Found::Alias(held) = found {
             return self
-                .send_held(send, blob, offset, |size| Response::Stream {
+                .send_held(send, held.blob, offset, |size| Response::Stream {
                     total: Some(size),
                 })
                 .await;

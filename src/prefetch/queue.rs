@@ -399,8 +399,12 @@ impl Queue {
         }
     }
 
+    /// The store holds the file (row and file on disk): the one lookup's answer.
     fn held(&self, c: &Checksum) -> bool {
-        matches!(self.store.blob_by_checksum(c), Ok(Some(_)))
+        self.store
+            .view()
+            .and_then(|v| crate::lookup::checksum(&v, c))
+            .is_ok_and(|h| h.is_some())
     }
 
     /// One file of the plan is finished. The advisories are computed again (on the blocking
