@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use lanmirror::admin::{self, HaveOutcome, ImportOutcome, JobRequest};
 use lanmirror::bundle;
@@ -23,9 +23,24 @@ use lanmirror::units::Size;
     version,
     about = "A verified, peer-assisted cache of RPM repositories for sites with one poor uplink"
 )]
-struct Cli {
+struct Cli<C: Subcommand> {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: C,
+}
+
+/// What `lanmirror` runs: the documented commands, and `generate`, which is for packagers only
+/// (hidden from help; man pages and completions describe [`Cli<Cmd>`], so they never offer it).
+#[derive(Subcommand)]
+enum Top {
+    #[command(flatten)]
+    Run(Cmd),
+    /// Write shell completions, man pages or the packaged config into a directory, from this
+    /// binary alone (offline).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +112,29 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum Generate {
+    /// The completion script for SHELL (bash: `lanmirror.bash`, zsh: `_lanmirror`, fish:
+    /// `lanmirror.fish`).
+    Completions {
+        shell: clap_complete::Shell,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// `lanmirror.1` and one page per subcommand (`lanmirror-serve.1`, …).
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// `lanmirror.toml`: the embedded default config with `data_dir` set, for /etc/lanmirror/.
+    Config {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -106,8 +144,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = Cli::<Top>::parse();
+    let result = match cli.cmd {
+        Top::Run(cmd) => run(cmd),
+        Top::Generate { what } => generate(what),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lanmirror: {e:#}");
@@ -129,10 +171,10 @@ fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     Ok(Config::load(config.map(|p| p.as_path()))?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     // One TLS provider for the whole process (reqwest and quinn).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match cli.cmd {
+    match cmd {
         Cmd::Serve { config, no_mdns } => {
             let cfg = load(config.as_ref())?;
             if config.is_none() {
@@ -372,6 +414,78 @@ fn status_addr(url: &str) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("--url {url}: cannot resolve {hostport}"))?
         .next()
         .with_context(|| format!("--url {url}: no address for {hostport}"))
+}
+
+/// `lanmirror generate …`: files a package installs, made from the command definitions and the
+/// embedded default config, so they cannot drift from the binary they ship with.
+fn generate(what: Generate) -> anyhow::Result<ExitCode> {
+    let out = match &what {
+        Generate::Completions { out, .. }
+        | Generate::Man { out }
+        | Generate::Config { out, .. } => out,
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let written = match what {
+        Generate::Completions { shell, out } => {
+            clap_complete::generate_to(shell, &mut Cli::<Cmd>::command(), "lanmirror", &out)
+                .with_context(|| format!("writing {shell} completions to {}", out.display()))?
+                .display()
+                .to_string()
+        }
+        Generate::Man { out } => {
+            clap_mangen::generate_to(Cli::<Cmd>::command(), &out)
+                .with_context(|| format!("writing man pages to {}", out.display()))?;
+            format!("man pages in {}", out.display())
+        }
+        Generate::Config { data_dir, out } => {
+            let path = out.join("lanmirror.toml");
+            std::fs::write(&path, packaged_config(&data_dir)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            path.display().to_string()
+        }
+    };
+    println!("wrote {written}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The embedded default config as a package installs it: its opening comment replaced by one
+/// for the installed file, and `data_dir` set (a service user has no home to default to).
+/// Checked by parsing it back, so a changed default that no longer fits fails here.
+fn packaged_config(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    const UNSET: &str = "# data_dir = \"/var/lib/lanmirror\"\n";
+    const HEADER: &str = "\
+# lanmirror: this node's configuration, installed by the lanmirror package.
+#
+# The service runs `lanmirror serve --config /etc/lanmirror/lanmirror.toml` as the user
+# lanmirror: edit this file, then `systemctl restart lanmirror`. Every key below is the
+# embedded default (`lanmirror serve` without --config) except data_dir.
+# Files the node reads must be readable by lanmirror; a site key must also be owned by it:
+#   chown lanmirror:lanmirror /etc/lanmirror/site.key
+# export, import and have work while the service runs (it does the work, on disks under /media,
+# /mnt or /run/media). verify and gc need the store to themselves: stop the service and run
+# them as lanmirror, e.g. `sudo -u lanmirror lanmirror gc --config /etc/lanmirror/lanmirror.toml`.
+";
+    let default = lanmirror::config::DEFAULT_CONFIG;
+    let dir = data_dir
+        .to_str()
+        .context("the data directory must be valid UTF-8")?;
+    // The opening comment block (up to the first blank line) speaks of the embedded file.
+    let body = match default.split_once("\n\n") {
+        Some((head, rest)) if head.lines().all(|l| l.starts_with('#')) => rest,
+        _ => default,
+    };
+    anyhow::ensure!(
+        body.matches(UNSET).count() == 1,
+        "the embedded default config no longer has one line {UNSET:?} to set"
+    );
+    let set = format!("data_dir = {}\n", toml::Value::String(dir.to_string()));
+    let text = format!("{HEADER}\n{}", body.replacen(UNSET, &set, 1));
+    let cfg = Config::parse(&text, "(packaged config)")?;
+    anyhow::ensure!(
+        cfg.node.data_dir.as_deref() == Some(data_dir),
+        "the packaged config does not set data_dir to {dir}"
+    );
+    Ok(text)
 }
 
 /// `lanmirror gc`: the start-up eviction run of a node, on its own, with a report.
