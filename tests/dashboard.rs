@@ -267,7 +267,7 @@ fn check_formatter(s: &Session, lang: &str) {
 }
 
 /// A status document with something in every part of the page (advisories, prefetch, peers
-/// in each state, problems, warnings, a transfer, caps and budgets).
+/// in each state, problems, warnings, a transfer, caps and budgets, a failed bundle job).
 fn rich_status(real: &Value) -> Value {
     let mut st = real.clone();
     st["advisories"] = json!([
@@ -305,6 +305,9 @@ fn rich_status(real: &Value) -> Value {
             json!({"name": "epel", "upstream_offline": true, "pinned": false, "snapshots": []}),
         );
     }
+    st["bundle_job"] = json!({"command": "import", "target": "/media/usb/lanmirror", "state": "failed", "started": 1_780_000_000,
+        "progress": {"files": 1234, "bytes": 5_368_709_120u64, "done_files": 567, "done_bytes": 2_147_483_648u64},
+        "report": null, "error": "the disk was removed: No such device"});
     st["health"] = lanmirror::dashboard::health::assess(&st);
     st
 }
@@ -320,7 +323,7 @@ fn check_script_renders_like_the_server(s: &Session, st: &Value, lang: &str) {
            const look = root => [norm(root.textContent),
              Array.from(root.querySelectorAll('[data-k]')).map(e => e.dataset.k + '=' + e.getAttribute('data-v')),
              Array.from(root.querySelectorAll('[data-show],[data-hide]')).map(e => e.hidden)];
-           return ['health', 'saved', 'sources', 'transfers', 'repos', 'nodes', 'disk', 'uplink', 'advisories', 'events']
+           return ['health', 'saved', 'sources', 'transfers', 'bundle', 'repos', 'nodes', 'disk', 'uplink', 'advisories', 'events']
              .map(id => [id, look(document.getElementById(id)), look(doc.getElementById(id))]);"#,
         json!([st, server]),
     );
@@ -337,6 +340,8 @@ fn check_script_renders_like_the_server(s: &Session, st: &Value, lang: &str) {
         "CVE-2026-0002",
         "3.0.7-27",
         "something the dashboard has no words for",
+        "/media/usb/lanmirror",
+        "the disk was removed: No such device",
     ] {
         assert!(text.contains(must), "{lang}: {must} not on the page");
     }
@@ -392,6 +397,10 @@ fn the_dashboard_shows_the_status_live_in_three_languages() {
             html.len()
         );
         assert!(!html.contains("://"), "{lang}: the page links outside");
+        assert!(
+            html.contains(catalog(lang).get("bundle.none")),
+            "{lang}: no bundle job, and the page does not say so"
+        );
     }
 
     let pkg = |name: &str| format!("/test/{}", site.repo.package(name).rel_path);

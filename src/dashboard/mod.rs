@@ -606,6 +606,64 @@ fn transfers(h: &mut H, st: &Value) {
     h.push("</section>");
 }
 
+/// The node's sneakernet job (`bundle_job`: the running or last `export`, `import` or `have`):
+/// what, where, how far, and why it failed; "none" when there has been none.
+fn bundle_job(h: &mut H, st: &Value) {
+    let s = Some(st);
+    section(h, "bundle", "bundle.title");
+    let attr = h.hide(s, "bundle_job");
+    let t = h.t("bundle.none");
+    let _ = write!(h.o, "<p class=\"none\"{attr}>{t}</p>");
+    let attr = h.show(s, "bundle_job");
+    let _ = write!(h.o, "<dl class=\"facts\"{attr}>");
+    h.dt_fig(
+        "bundle.job",
+        s,
+        "bundle_job.command",
+        "enum:bundle.command",
+        None,
+    );
+    let t = h.t("bundle.target");
+    let _ = write!(h.o, "<dt>{t}</dt><dd>");
+    h.fig("code", "", s, "bundle_job.target", "text", None);
+    let t = h.t("bundle.status");
+    let _ = write!(h.o, "</dd><dt>{t}</dt><dd>");
+    h.fig(
+        "span",
+        " class=\"badge job\"",
+        s,
+        "bundle_job.state",
+        "enum:bundle.state",
+        None,
+    );
+    let t = h.t("bundle.progress");
+    let _ = write!(h.o, "</dd><dt>{t}</dt><dd>");
+    h.progress(
+        " class=\"job\"",
+        s,
+        "bundle_job.progress.done_bytes",
+        "bundle_job.progress.bytes",
+    );
+    h.push(" ");
+    h.msg(
+        "span",
+        "",
+        s,
+        "bundle.progress_of",
+        &[
+            ("done_files", "bundle_job.progress.done_files"),
+            ("files", "bundle_job.progress.files"),
+            ("done_bytes", "bundle_job.progress.done_bytes"),
+            ("total_bytes", "bundle_job.progress.bytes"),
+        ],
+    );
+    h.push("</dd>");
+    let attr = h.show(s, "bundle_job.error");
+    let _ = write!(h.o, "<div class=\"pair\"{attr}>");
+    h.dt_fig("bundle.error", s, "bundle_job.error", "text", None);
+    h.push("</div></dl></section>");
+}
+
 fn repos(h: &mut H, st: &Value) {
     section(h, "repos", "repos.title");
     h.list(" class=\"rows\"", Some(st), "repos", None, &|h, it| {
@@ -1019,6 +1077,7 @@ pub fn render(st: &Value, lang: &str) -> String {
     saved(&mut h, st);
     sources(&mut h, st);
     transfers(&mut h, st);
+    bundle_job(&mut h, st);
     repos(&mut h, st);
     nodes(&mut h, st);
     disk(&mut h, st);
@@ -1067,6 +1126,8 @@ mod tests {
                         "days_max": 2048},
             "recent_warnings": [{"code": "upstream_offline", "repo": "almalinux", "count": 1, "at": 1, "ago_secs": 60}],
             "health": {"node": "warn", "site": "warn", "problems": [{"code": "upstream_offline", "scope": "node", "level": "warn", "repo": "almalinux"}]},
+            "bundle_job": {"command": "export", "target": "/media/usb/cache", "state": "running", "started": 1_780_000_000,
+                           "progress": {"files": 40, "bytes": 4096, "done_files": 10, "done_bytes": 1024}, "report": null, "error": null},
         })
     }
 
@@ -1125,6 +1186,43 @@ mod tests {
         st["site"] = json!("<b>x</b>");
         let html = render(&st, "en");
         assert!(html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x</b>"));
+    }
+
+    #[test]
+    fn the_bundle_job_shows_its_progress_its_error_or_none() {
+        let mut st = status();
+        let html = render(&st, "en");
+        assert!(html.contains(
+            "data-k=\"bundle_job.command\" data-f=\"enum:bundle.command\" data-v=\"export\">copying the cache to a disk (export)<"
+        ));
+        assert!(html.contains(">/media/usb/cache<"));
+        assert!(html.contains("data-v=\"running\">running<"));
+        assert!(html.contains(
+            "<progress class=\"job\" data-k=\"bundle_job.progress.done_bytes\" data-max=\"bundle_job.progress.bytes\" data-v=\"1024\" max=\"4096\" value=\"1024\">"
+        ));
+        assert!(
+            html.contains(">10 of 40 files, 1.0 KiB of 4.0 KiB<"),
+            "{html}"
+        );
+        assert!(html.contains("<p class=\"none\" data-hide=\"bundle_job\" hidden>"));
+        assert!(html.contains("<div class=\"pair\" data-show=\"bundle_job.error\" hidden>"));
+        // The script gets the words for every state and command.
+        assert!(html.contains("\"bundle.state.failed\":\"failed\""));
+
+        st["bundle_job"]["state"] = json!("failed");
+        st["bundle_job"]["error"] = json!("the disk is full");
+        let ne = render(&st, "ne");
+        assert!(ne.contains("data-v=\"failed\">असफल<"));
+        assert!(ne.contains("<div class=\"pair\" data-show=\"bundle_job.error\">"));
+        assert!(ne.contains(">the disk is full<"));
+        assert!(ne.contains(">४० मध्ये १० फाइल, ४.० KiB मध्ये १.० KiB<"), "{ne}");
+
+        st["bundle_job"] = Value::Null;
+        let html = render(&st, "hi");
+        assert!(html.contains(
+            "<p class=\"none\" data-hide=\"bundle_job\">नोड शुरू होने के बाद से डिस्क का कोई काम नहीं चला।</p>"
+        ));
+        assert!(html.contains("<dl class=\"facts\" data-show=\"bundle_job\" hidden>"));
     }
 
     #[test]
