@@ -30,7 +30,7 @@ pub fn parse_blob_id(s: &str) -> Option<BlobId> {
 
 /// Bytes from hex digits (either case); `None` for an odd length or a non-hex character.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.as_bytes()

@@ -851,14 +851,14 @@ fn attr_bounded(
     field: &'static str,
     context: &dyn Fn() -> String,
 ) -> Result<Option<String>, RepodataError> {
-    if let Ok(Some(a)) = elem.start.try_get_attribute(name) {
-        if a.value.len() > MAX_FIELD_TEXT {
-            return Err(RepodataError::Invalid {
-                field,
-                context: context(),
-                reason: format!("attribute {name} longer than {MAX_FIELD_TEXT} bytes"),
-            });
-        }
+    if let Ok(Some(a)) = elem.start.try_get_attribute(name)
+        && a.value.len() > MAX_FIELD_TEXT
+    {
+        return Err(RepodataError::Invalid {
+            field,
+            context: context(),
+            reason: format!("attribute {name} longer than {MAX_FIELD_TEXT} bytes"),
+        });
     }
     attr(elem, name, context)
 }
@@ -1099,10 +1099,10 @@ pub fn parse_repomd(xml: &[u8]) -> Result<RepoMd, RepodataError> {
                 if depth <= 3 {
                     collecting = None;
                 }
-                if depth == 2 {
-                    if let Some(rec) = record.take() {
-                        records.push(rec.finish()?);
-                    }
+                if depth == 2
+                    && let Some(rec) = record.take()
+                {
+                    records.push(rec.finish()?);
                 }
             }
             _ => {}
@@ -1447,11 +1447,11 @@ fn primary_loop<R: Read>(
                 if depth <= 3 {
                     collecting = None;
                 }
-                if depth == 2 {
-                    if let Some(p) = pkg.take() {
-                        on_state(p)?;
-                        count += 1;
-                    }
+                if depth == 2
+                    && let Some(p) = pkg.take()
+                {
+                    on_state(p)?;
+                    count += 1;
                 }
             }
             _ => {}

@@ -647,7 +647,7 @@ fn gc_and_kill_9_during_eviction() {
             if fs.space().0 + 2 * MIB <= used_before {
                 break;
             }
-            if spins % 1000 == 0 {
+            if spins.is_multiple_of(1000) {
                 std::thread::yield_now();
             }
         }

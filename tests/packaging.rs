@@ -1087,10 +1087,10 @@ fn syscall_groups(sa: &Path) -> BTreeMap<String, BTreeSet<String>> {
             current = Some(format!("@{}", group.trim()));
             raw.entry(format!("@{}", group.trim())).or_default();
         } else if line.starts_with(char::is_whitespace) && !line.trim().starts_with('#') {
-            if let (Some(g), name) = (&current, line.trim()) {
-                if !name.is_empty() {
-                    raw.get_mut(g).unwrap().push(name.to_string());
-                }
+            if let (Some(g), name) = (&current, line.trim())
+                && !name.is_empty()
+            {
+                raw.get_mut(g).unwrap().push(name.to_string());
             }
         } else if !line.starts_with(char::is_whitespace) {
             current = None;

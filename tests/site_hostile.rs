@@ -1165,10 +1165,10 @@ fn peer_strings_never_forge_log_lines() {
     };
     rt.block_on(async {
         let (ep, cc) = stranger_endpoint(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 30)));
-        if let Ok(c) = ep.connect_with(cc, quic, "lanmirror") {
-            if let Ok(Ok(conn)) = tokio::time::timeout(secs(5), c).await {
-                let _ = say(&conn, frame).await;
-            }
+        if let Ok(c) = ep.connect_with(cc, quic, "lanmirror")
+            && let Ok(Ok(conn)) = tokio::time::timeout(secs(5), c).await
+        {
+            let _ = say(&conn, frame).await;
         }
     });
     drop(rt);

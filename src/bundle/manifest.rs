@@ -205,12 +205,4 @@ pub(crate) fn read_capped(path: &Path) -> Result<Vec<u8>, BundleError> {
     Ok(out)
 }
 
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub(crate) use crate::hash::parse_hex as unhex;

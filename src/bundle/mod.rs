@@ -1069,5 +1069,6 @@ mod tests {
         assert_eq!(unhex("00ff"), Some(vec![0, 255]));
         assert_eq!(unhex("0"), None);
         assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("+a"), None, "no sign accepted inside a byte");
     }
 }

@@ -183,10 +183,10 @@ fn recent_use<'a>(input: &PlanInput<'a>) -> HashMap<Key<'a>, Use<'a>> {
                 evr: None,
             });
         entry.last_used = entry.last_used.max(u.last_used);
-        if let Some(e) = &u.evr {
-            if entry.evr.is_none_or(|old| e.newer_than(old)) {
-                entry.evr = Some(e);
-            }
+        if let Some(e) = &u.evr
+            && entry.evr.is_none_or(|old| e.newer_than(old))
+        {
+            entry.evr = Some(e);
         }
     }
     out

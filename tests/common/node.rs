@@ -598,10 +598,11 @@ impl Drop for Node {
             );
         }
         self.kill9();
-        if panicking && std::env::var_os("LANMIRROR_KEEP_TEST_DIRS").is_some() {
-            if let Some(t) = self.tmp.take() {
-                eprintln!("keeping {}", t.keep().display());
-            }
+        if panicking
+            && std::env::var_os("LANMIRROR_KEEP_TEST_DIRS").is_some()
+            && let Some(t) = self.tmp.take()
+        {
+            eprintln!("keeping {}", t.keep().display());
         }
     }
 }
