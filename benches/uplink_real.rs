@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use common::{Node, NodeOpts, Upstream, static_site, temp};
+use common::{Node, NodeOpts, Upstream, payload_bytes, static_site, temp};
 
 const MBIT: u64 = 125_000;
 const BEGIN: &str = "<!-- uplink-real:begin -->";
@@ -37,16 +37,8 @@ fn make_files(root: &Path, prefix: &str, n: usize, size: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let name = format!("Packages/{prefix}-{i}.rpm");
-            let mut data = Vec::with_capacity(size);
-            data.extend_from_slice(&[0xed, 0xab, 0xee, 0xdb]);
-            let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1) ^ (size as u64);
-            while data.len() < size {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                data.extend_from_slice(&x.to_le_bytes());
-            }
-            data.truncate(size);
+            let mut data = vec![0xed, 0xab, 0xee, 0xdb];
+            data.extend(payload_bytes(&name, "bench", size.saturating_sub(4)));
             std::fs::write(root.join(&name), data).expect("write");
             name
         })

@@ -1017,15 +1017,21 @@ fn store_err(e: crate::store::StoreError) -> ServeError {
     ServeError::Internal(e.to_string())
 }
 
+/// A request path of a configured repo (anything else is 404).
+fn configured_path(node: &Site, raw: &str) -> Result<(String, RepoPath), ServeError> {
+    let (repo, path) = paths::parse_request_path(raw)?;
+    if node.cfg.repo(&repo).is_none() {
+        return Err(ServeError::NotFound);
+    }
+    Ok((repo, path))
+}
+
 async fn repo_request(
     node: &Arc<Site>,
     raw: &str,
     c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
-    let (repo, path) = paths::parse_request_path(raw)?;
-    if node.cfg.repo(&repo).is_none() {
-        return Err(ServeError::NotFound);
-    }
+    let (repo, path) = configured_path(node, raw)?;
     let name = path.file_name().to_string();
     if let PathKind::RepoMd { tree } | PathKind::RepoMdCompanion { tree, .. } = path.kind() {
         // The snapshot module decides which snapshot is served (refreshing it when due).
@@ -1101,10 +1107,7 @@ async fn head_request(
     raw: &str,
     c: &Conditions<'_>,
 ) -> Result<Response<Body>, ServeError> {
-    let (repo, path) = paths::parse_request_path(raw)?;
-    if node.cfg.repo(&repo).is_none() {
-        return Err(ServeError::NotFound);
-    }
+    let (repo, path) = configured_path(node, raw)?;
     let name = path.file_name().to_string();
     let l = look_up(node, &repo, &path)?;
     if let Found::Hit(held) | Found::Alias(held) | Found::Revalidate { held, .. } = &l.found

@@ -378,7 +378,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     (addr, format!("http://{addr}"))
                 }
             };
-            let v = http_get_status(addr).with_context(|| {
+            let v = admin::get_status(addr).with_context(|| {
                 lanmirror::dashboard::format::fill(
                     lanmirror::dashboard::i18n::catalog(lang).get("cli.unreachable"),
                     &[("url", shown.clone())],
@@ -566,26 +566,6 @@ fn open_store(cfg: &Config) -> anyhow::Result<Store> {
 }
 
 /// A minimal blocking GET of /api/status, so `status` needs no HTTP client stack.
-fn http_get_status(addr: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET /api/status HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed answer")?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "node answered: {}",
-        head.lines().next().unwrap_or("")
-    );
-    serde_json::from_str(body).context("status is not JSON")
-}
-
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (

@@ -2339,6 +2339,17 @@ mod tests {
     /// Installs `bytes` the way `fetch` does: a temporary file, `install_blob`, then
     /// `commit_or_pass` with the blob and path rows (last used at `at`).
     async fn install(store: &Store, bytes: &[u8], key: &str, at: u64) -> (bool, Digests) {
+        install_as(store, bytes, key, at, true).await
+    }
+
+    /// [`install`], saying whether the install may evict (background work may not).
+    async fn install_as(
+        store: &Store,
+        bytes: &[u8],
+        key: &str,
+        at: u64,
+        may_evict: bool,
+    ) -> (bool, Digests) {
         use std::io::Write;
         let mut h = hash::MultiHasher::new(None);
         h.update(bytes);
@@ -2352,10 +2363,40 @@ mod tests {
         let mut b = Batch::new();
         b.put_blob(m).set_path(key.into(), entry(d.blake3));
         let kept = store
-            .commit_or_pass(b, key, &d.blake3, d.len, true)
+            .commit_or_pass(b, key, &d.blake3, d.len, may_evict)
             .await
             .unwrap();
         (kept, d)
+    }
+
+    /// Background work fills room only: up to the cap's low-water mark, and an install that
+    /// does not fit is passed through without evicting anything.
+    #[test]
+    fn background_work_fills_room_and_never_evicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = StartUp {
+            policy: Some(policy(Some(3000), &[])),
+            ..StartUp::default()
+        };
+        let (store, _) = Store::open_with(dir.path(), &start).unwrap();
+        runtime().block_on(async {
+            let (k1, a) = install(&store, &kb(1), "r/a.rpm", 100).await;
+            let (k2, b) = install(&store, &kb(2), "r/b.rpm", 50).await;
+            assert!(k1 && k2);
+            // low water of 3000 is 2700: 700 more fit, 701 do not
+            assert!(store.room_for(700));
+            assert!(!store.room_for(701));
+            // 3500 would cross the cap: a client's install would evict a; a background one is
+            // not kept, and nothing goes
+            let (kept, c) = install_as(&store, &vec![3u8; 1500], "r/c.rpm", 0, false).await;
+            assert!(!kept);
+            assert_eq!(store.blob_meta(&c.blake3).unwrap(), None);
+            for held in [&a, &b] {
+                assert!(store.blob_meta(&held.blake3).unwrap().is_some());
+            }
+            assert_eq!(store.totals().unwrap(), (2, 2000));
+            assert_eq!(store.disk_status().eviction_runs, 0);
+        });
     }
 
     fn runtime() -> tokio::runtime::Runtime {

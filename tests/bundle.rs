@@ -426,7 +426,6 @@ fn bundle_commands_work_on_a_running_node() {
     assert!(dir.path().join("rel.bin").exists());
 
     // without the token, or with a wrong one: refused, nothing runs
-    let url = format!("{}/api/bundle/have", off.url());
     let body = format!(
         "{{\"command\":\"have\",\"out\":\"{}\"}}",
         dir.path().join("x.bin").display()
@@ -436,8 +435,8 @@ fn bundle_commands_work_on_a_running_node() {
         if let Some(a) = auth {
             headers.push(("Authorization", a));
         }
-        let r = http_request_body("POST", &url, &headers, body.as_bytes());
-        assert_eq!(r.status, 401, "{}", r.text());
+        let r = post(&off, "/api/bundle/have", &headers, &body);
+        assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
     }
     assert!(!dir.path().join("x.bin").exists());
     let token = std::fs::read_to_string(off.data_dir().join("admin.token")).unwrap();
@@ -448,19 +447,18 @@ fn bundle_commands_work_on_a_running_node() {
     let auth = format!("Bearer {}", token.trim());
     // with it: a path that is not absolute, or a bundle inside the node's own data directory,
     // is refused
-    let export_url = format!("{}/api/bundle/export", off.url());
     for to in [
         "relative".to_string(),
         off.data_dir().join("blobs").display().to_string(),
     ] {
         let body = format!("{{\"command\":\"export\",\"to\":\"{to}\"}}");
-        let r = http_request_body(
-            "POST",
-            &export_url,
-            &[("Authorization", auth.as_str())],
-            body.as_bytes(),
+        let r = post(
+            &off,
+            "/api/bundle/export",
+            &[("Authorization", &auth)],
+            &body,
         );
-        assert_eq!(r.status, 400, "{to}: {}", r.text());
+        assert_eq!(r.status, 400, "{to}: {}", String::from_utf8_lossy(&r.body));
     }
     assert!(
         !off.data_dir()
@@ -544,36 +542,17 @@ fn a_killed_import_keeps_what_it_stored() {
     }
 }
 
-/// A request with a body, on a fresh connection: status and body text.
-fn http_request_body(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+/// A POST with a JSON body to the node's bundle API, on a fresh connection (the kit's raw
+/// client): the answer.
+fn post(node: &Node, path: &str, headers: &[(&str, &str)], body: &str) -> RawResponse {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    let status = all.split_whitespace().nth(1).unwrap().parse().unwrap();
-    Reply { status, all }
-}
-
-struct Reply {
-    status: u16,
-    all: String,
-}
-
-impl Reply {
-    fn text(&self) -> &str {
-        &self.all
-    }
+    let mut c = RawConn::connect(node.port());
+    c.send(format!("{head}\r\n{body}").as_bytes());
+    c.response(false, Duration::from_secs(10)).unwrap()
 }

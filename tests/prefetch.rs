@@ -26,14 +26,6 @@ fn prefetch(node: &Node) -> serde_json::Value {
     status(node)["prefetch"].clone()
 }
 
-/// GETs of `rel_path` (a package's path in the repo) the upstream answered.
-fn gets(up: &Upstream, rel_path: &str) -> usize {
-    up.requests()
-        .iter()
-        .filter(|r| r.method == "GET" && r.path.ends_with(rel_path))
-        .count()
-}
-
 /// When upstream first saw a GET of `rel_path`.
 fn first_get(up: &Upstream, rel_path: &str) -> Option<Instant> {
     up.requests()
@@ -91,8 +83,8 @@ fn security_fix_of_a_used_package_comes_first_and_unused_packages_are_left() {
     });
     let st = status(&node);
     assert!(done, "prefetch: {}\n{}", st["prefetch"], node.log_tail(40));
-    assert_eq!(gets(&up, &a11.rel_path), 1, "lp-a 1.1 fetched once");
-    assert_eq!(gets(&up, &b11.rel_path), 1, "lp-b 1.1 fetched once");
+    assert_eq!(up.count(&a11.rel_path), 1, "lp-a 1.1 fetched once");
+    assert_eq!(up.count(&b11.rel_path), 1, "lp-b 1.1 fetched once");
     let (ta, tb) = (
         first_get(&up, &a11.rel_path).unwrap(),
         first_get(&up, &b11.rel_path).unwrap(),
@@ -103,7 +95,7 @@ fn security_fix_of_a_used_package_comes_first_and_unused_packages_are_left() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        gets(&up, &c11.rel_path),
+        up.count(&c11.rel_path),
         0,
         "nobody used lp-c: not prefetched"
     );
@@ -130,9 +122,9 @@ fn security_fix_of_a_used_package_comes_first_and_unused_packages_are_left() {
     assert_eq!(a["packages"][0]["held"], true);
 
     // the client's update is then a hit
-    let before = gets(&up, &a11.rel_path);
+    let before = up.count(&a11.rel_path);
     node.assert_serves(&a11);
-    assert_eq!(gets(&up, &a11.rel_path), before, "served from the store");
+    assert_eq!(up.count(&a11.rel_path), before, "served from the store");
 }
 
 /// `HH:MM` of the current UTC time plus `mins` minutes.
@@ -187,7 +179,7 @@ fn background_work_waits_for_its_hours() {
     assert_eq!(st["prefetch"]["done"], 0);
     assert_eq!(st["uplink"]["background"]["allowed"], false);
     assert_eq!(
-        gets(&up, &a11.rel_path),
+        up.count(&a11.rel_path),
         0,
         "nothing fetched outside the window"
     );
@@ -207,7 +199,7 @@ fn background_work_waits_for_its_hours() {
         prefetch(&node)["done"].as_u64() == Some(1)
     });
     assert!(done, "{}\n{}", prefetch(&node), node.log_tail(30));
-    assert_eq!(gets(&up, &a11.rel_path), 1);
+    assert_eq!(up.count(&a11.rel_path), 1);
     assert_eq!(status(&node)["advisories"][0]["ready"], true);
 }
 
@@ -296,7 +288,7 @@ fn a_client_download_goes_first_during_a_prefetch() {
     });
     assert!(all, "{}", prefetch(&site.node));
     for p in bulk.packages() {
-        assert_eq!(gets(&bulk_up, &p.rel_path), 1, "{}", p.file_name);
+        assert_eq!(bulk_up.count(&p.rel_path), 1, "{}", p.file_name);
     }
 }
 
@@ -347,7 +339,7 @@ fn a_mirrored_repo_is_taken_from_upstream_once_per_site() {
     );
     for p in repo.packages() {
         assert_eq!(
-            gets(&up, &p.rel_path),
+            up.count(&p.rel_path),
             1,
             "{} taken once for the site",
             p.file_name
@@ -360,7 +352,7 @@ fn a_mirrored_repo_is_taken_from_upstream_once_per_site() {
         }
     }
     for p in repo.packages() {
-        assert_eq!(gets(&up, &p.rel_path), 1, "{}", p.file_name);
+        assert_eq!(up.count(&p.rel_path), 1, "{}", p.file_name);
     }
 }
 
@@ -392,7 +384,7 @@ fn a_spent_budget_stops_background_work_but_not_clients() {
     let taken: usize = bulk
         .packages()
         .iter()
-        .map(|p| gets(&bulk_up, &p.rel_path))
+        .map(|p| bulk_up.count(&p.rel_path))
         .sum();
     assert!(
         taken as u64 <= done + 1,
@@ -478,7 +470,7 @@ fn a_client_joining_a_prefetch_promotes_it_at_the_sites_downloader_too() {
             .contains("a client asked for a file being prefetched")
     );
     assert_eq!(
-        gets(&up, &p.rel_path),
+        up.count(&p.rel_path),
         1,
         "{} crossed the uplink once",
         p.file_name

@@ -272,13 +272,6 @@ impl Part {
     }
 }
 
-/// After `left` failed: background work that the site's downloader could not send is deferred
-/// (`FetchError::Deferred`, its part file kept), not taken from upstream by this node.
-fn deferred(left: &Source, class: Class) -> Option<FetchError> {
-    (matches!(left, Source::Downloader(_)) && class == Class::Background)
-        .then(|| FetchError::Deferred(format!("{left} could not send it now")))
-}
-
 /// Whether a client waits for a transfer that began as background work (set once, never
 /// cleared), and a wake-up for the loop reading it from the site's downloader, which must then
 /// ask again as interactive.
@@ -342,11 +335,8 @@ async fn wait_for_uplink(
         }
         let p = t.ask(left, link::Now::system());
         match p.held {
-            Some(_) if promoted.is_set() => {
-                // A client joined meanwhile: ask again at once, as interactive.
-                t.promote();
-                continue;
-            }
+            // A client joined meanwhile: ask again at once (promoted at the top of the loop).
+            Some(_) if promoted.is_set() => continue,
             Some(h) => {
                 let since = *held_since.get_or_insert_with(Instant::now);
                 if h != link::Hold::InteractiveBusy || since.elapsed() >= MAX_BACKGROUND_PAUSE {
@@ -666,10 +656,10 @@ impl Fetcher {
                     if let Next::OtherSource(blame) = step.next {
                         self.sources.blame(&source, &blame);
                     }
-                    if let Some(e) = deferred(&source, promoted.class(item.class)) {
-                        return Err(e);
-                    }
-                    source = self.sources.next(item, &mut steps).await;
+                    source = self
+                        .sources
+                        .after(item, promoted.class(item.class), &source, &mut steps)
+                        .await?;
                     continue 'source;
                 }
             };
@@ -725,10 +715,10 @@ impl Fetcher {
                 Next::Read => {}
                 Next::OtherSource(blame) => {
                     self.sources.blame(&source, &blame);
-                    if let Some(e) = deferred(&source, promoted.class(item.class)) {
-                        return Err(e);
-                    }
-                    source = self.sources.next(item, &mut steps).await;
+                    source = self
+                        .sources
+                        .after(item, promoted.class(item.class), &source, &mut steps)
+                        .await?;
                     continue 'source;
                 }
                 other => return Err(self.fail(other, part, &meta_path)),
@@ -884,10 +874,10 @@ impl Fetcher {
                 Next::OtherSource(blame) => {
                     tracing::info!(repo = %item.repo, path = %item.path, source = %source, at = p.written, "trying the next source");
                     self.sources.blame(&source, &blame);
-                    if let Some(e) = deferred(&source, promoted.class(item.class)) {
-                        return Err(e);
-                    }
-                    source = self.sources.next(item, &mut steps).await;
+                    source = self
+                        .sources
+                        .after(item, promoted.class(item.class), &source, &mut steps)
+                        .await?;
                 }
                 fail @ Next::Fail { .. } => return Err(self.fail(fail, part, &meta_path)),
             }

@@ -212,6 +212,24 @@ impl Sources {
         Source::Upstream
     }
 
+    /// The source to go on from after `left` failed. Background work the site's downloader
+    /// could not send is deferred (`FetchError::Deferred`, the part file kept) rather than taken
+    /// from upstream by this node: the site takes each file from upstream once.
+    pub(super) async fn after(
+        &self,
+        item: &Item,
+        class: crate::uplink::Class,
+        left: &Source,
+        steps: &mut std::vec::IntoIter<Step>,
+    ) -> Result<Source, super::FetchError> {
+        if matches!(left, Source::Downloader(_)) && class == crate::uplink::Class::Background {
+            return Err(super::FetchError::Deferred(format!(
+                "{left} could not send it now"
+            )));
+        }
+        Ok(self.next(item, steps).await)
+    }
+
     /// A source other than upstream was left: a failure to deliver is noted; bad bytes or a
     /// pace below the minimum put a peer aside; bad bytes from a seed are logged (its disk is
     /// damaged).

@@ -82,7 +82,7 @@ pub struct QueueStatus {
     pub running: Option<String>,
     /// Why the queue waits now, when it does: `budget_spent`, `outside_window` or
     /// `interactive_busy`.
-    pub held: Option<&'static str>,
+    pub held: Option<Hold>,
     /// When the last plan was made (unix seconds).
     pub planned_at: Option<u64>,
     /// The next files, in order.
@@ -375,24 +375,20 @@ impl Queue {
         stop: &mut watch::Receiver<bool>,
     ) -> Woken {
         loop {
-            let hold = self.uplink.lock().background_hold(Now::system());
-            let (why, retry) = match hold {
-                Some(h) => (hold_name(h), h.retry()),
-                None => {
-                    self.state().status.held = None;
-                    return Woken::Ready;
-                }
+            let Some(why) = self.uplink.lock().background_hold(Now::system()) else {
+                self.state().status.held = None;
+                return Woken::Ready;
             };
             {
                 let mut st = self.state();
                 if st.status.held != Some(why) {
-                    tracing::debug!(held = why, "prefetch waits");
+                    tracing::debug!(held = %why, "prefetch waits");
                 }
                 st.status.held = Some(why);
                 st.status.running = None;
             }
             tokio::select! {
-                _ = tokio::time::sleep(retry) => {}
+                _ = tokio::time::sleep(why.retry()) => {}
                 _ = switches.changed() => return Woken::Replan,
                 _ = stop.changed() => return Woken::Stop,
             }
@@ -446,14 +442,6 @@ impl Queue {
     }
 }
 
-fn hold_name(h: Hold) -> &'static str {
-    match h {
-        Hold::BudgetSpent => "budget_spent",
-        Hold::OutsideWindow => "outside_window",
-        Hold::InteractiveBusy => "interactive_busy",
-    }
-}
-
 /// The first [`SHOWN`] files from item `ii` of tree `ti` on.
 fn next_files(trees: &[TreePlan], ti: usize, ii: usize) -> Vec<NextFile> {
     trees
@@ -476,7 +464,12 @@ fn next_files(trees: &[TreePlan], ti: usize, ii: usize) -> Vec<NextFile> {
 
 /// The security advisories affecting used packages, over every tree, most severe first.
 fn advisories(store: &Store, trees: &[TreePlan]) -> Vec<RepoAdvisory> {
-    let held = |c: &Checksum| matches!(store.blob_by_checksum(c), Ok(Some(_)));
+    // "Ready" is the one lookup's answer (row and file), over one read transaction.
+    let view = store.view().ok();
+    let held = |c: &Checksum| {
+        view.as_ref()
+            .is_some_and(|v| matches!(crate::lookup::checksum(v, c), Ok(Some(_))))
+    };
     let now = now_secs();
     let mut out: Vec<RepoAdvisory> = Vec::new();
     for t in trees {
